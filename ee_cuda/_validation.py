@@ -1,0 +1,76 @@
+"""Argument checks shared by the fused ops and the reference (spec §9).
+
+Every public op validates here, before any kernel runs, and raises a ``TypeError`` or ``ValueError``
+naming the argument. Checks that need the values of a tensor (pair indices in range, pair labels equal)
+read them once; on CUDA that is one small synchronization, and under ``torch.compile`` they are skipped
+(the kernels themselves never read out of bounds: an invalid row yields NaN/-1 instead).
+"""
+from __future__ import annotations
+
+import torch
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_embeddings(X, name: str = "X") -> None:
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, D), got {type(X).__name__}")
+    if X.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, D), got a tensor of rank {X.dim()} and shape {tuple(X.shape)}")
+    if not X.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {X.dtype}")
+
+
+def check_n_inner(n_inner, name: str = "n_inner") -> int:
+    if isinstance(n_inner, bool) or not isinstance(n_inner, int):
+        # torch.SymInt and numpy integers are accepted through __index__.
+        try:
+            n_inner = n_inner.__index__()
+        except (AttributeError, TypeError):
+            raise TypeError(f"{name} must be an int >= 0, got {type(n_inner).__name__}") from None
+    if n_inner < 0:
+        raise ValueError(f"{name} must be >= 0, got {n_inner}")
+    return int(n_inner)
+
+
+def check_labels(labels, B: int, device: torch.device, name: str = "labels") -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be an integer torch.Tensor of shape (B,), got {type(labels).__name__}")
+    if labels.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must be an integer tensor (int64 preferred), got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must have shape (B,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != B:
+        raise ValueError(f"{name} must have length B={B} (rows of the embeddings), got {labels.shape[0]}")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}; put both on one device")
+
+
+def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "pairs") -> None:
+    if not isinstance(pairs, torch.Tensor):
+        raise TypeError(f"{name} must be a LongTensor of shape (P, 2), got {type(pairs).__name__}")
+    if pairs.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must be an integer tensor (int64), got {pairs.dtype}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (P, 2), got shape {tuple(pairs.shape)}")
+    if pairs.device != device:
+        raise ValueError(f"{name} is on {pairs.device} but the embeddings are on {device}; put both on one device")
+    if pairs.shape[0] == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = int(pairs.min()), int(pairs.max())
+    if lo < 0 or hi >= B:
+        bad = ((pairs < 0) | (pairs >= B)).any(dim=1).nonzero()[0, 0].item()
+        raise ValueError(
+            f"{name} holds indices outside [0, B={B}): row {bad} is {pairs[bad].tolist()}")
+    same = pairs[:, 0] == pairs[:, 1]
+    if bool(same.any()):
+        bad = same.nonzero()[0, 0].item()
+        raise ValueError(f"{name} row {bad} pairs a sample with itself: {pairs[bad].tolist()} (need i != j)")
+    if labels is not None:
+        differ = labels[pairs[:, 0]] != labels[pairs[:, 1]]
+        if bool(differ.any()):
+            bad = differ.nonzero()[0, 0].item()
+            i, j = pairs[bad].tolist()
+            raise ValueError(
+                f"{name} row {bad} = ({i}, {j}) is not a positive pair: "
+                f"labels[{i}]={labels[i].item()} != labels[{j}]={labels[j].item()}")

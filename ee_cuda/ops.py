@@ -1,0 +1,83 @@
+"""The public ops of spec §3: validated, then run by the fused kernels or by the reference.
+
+Each op takes ``backend=None | "auto" | "fused" | "reference"`` (see ``ee_cuda._backend``).
+The fused ops are registered as ``torch.ops.ee_cuda.*`` with fake (meta) kernels and autograd in
+``ee_cuda._registration``; they work under ``torch.compile(fullgraph=True)``.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._backend import use_fused
+from ._validation import check_embeddings, check_labels, check_n_inner, check_pairs
+from .reference import check_embedding_aug_args, positive_pairs
+
+__all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pairs", "embedding_aug"]
+
+
+def expand(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool = True, *,
+           backend: str | None = None) -> torch.Tensor:
+    """Synthetic points of every positive pair (spec §2): ``(P, n_inner, D)``.
+
+    ``out[p, t-1] = u / max(||u||, 1e-12)`` (or ``u`` when ``normalize=False``) with
+    ``u = ((n+1-t) X[i] + t X[j]) / (n+1)`` for pair ``p = (i, j)``, ``t = 1..n``. Differentiable in ``X``.
+    Half inputs are computed with float32 accumulation and returned in their dtype.
+    """
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_pairs(pairs, X.shape[0], X.device)
+    if use_fused("expand", X.device, backend):
+        return torch.ops.ee_cuda.expand(X, pairs.long(), n_inner, normalize)
+    return reference._expand(X, pairs, n_inner, normalize)
+
+
+def hard_negative_pairs(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tensor, n_inner: int,
+                        normalize: bool = True, *, backend: str | None = None):
+    """Hardest negative pair between the augmented sets of every two positive pairs (spec §3).
+
+    Returns ``dist (P, P)`` in ``X``'s dtype and ``index (P, P, 2)`` int64:
+    ``dist[p, q] = min_{t, r} ||a(p,t) - a(q,r)||`` for pairs of different labels with ``index[p, q]``
+    its ``(t, r)`` (ties: smallest ``t*T + r``); ``+inf`` / ``(-1, -1)`` for same-label pairs.
+    The fused kernel never materializes the augmented points: one ``X Xᵀ`` product, then a scan of the
+    pair grid over Gram entries (spec §4). Gradients flow to ``X`` through the selected points.
+    """
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_labels(labels, X.shape[0], X.device)
+    check_pairs(pairs, X.shape[0], X.device, labels)
+    if use_fused("hard_negative_pairs", X.device, backend):
+        return torch.ops.ee_cuda.hard_negative_pairs(X, pairs.long(), labels.long(), n_inner, normalize)
+    return reference._hard_negative_pairs(X, pairs, labels, n_inner, normalize)
+
+
+def hard_negative_points(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tensor, n_inner: int,
+                         normalize: bool = True, *, backend: str | None = None):
+    """Hardest negative of every augmented point (spec §3).
+
+    Returns ``dist (P, T)`` and ``index (P, T, 2)`` int64 with ``T = n_inner + 2``:
+    ``dist[p, t] = min_{q of another label, r} ||a(p,t) - a(q,r)||`` and ``index[p, t] = (q, r)``
+    (ties: smallest ``q*T + r``); ``+inf`` / ``(-1, -1)`` where no pair of another label exists.
+    """
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_labels(labels, X.shape[0], X.device)
+    check_pairs(pairs, X.shape[0], X.device, labels)
+    if use_fused("hard_negative_points", X.device, backend):
+        return torch.ops.ee_cuda.hard_negative_points(X, pairs.long(), labels.long(), n_inner, normalize)
+    return reference._hard_negative_points(X, pairs, labels, n_inner, normalize)
+
+
+def embedding_aug(X: torch.Tensor, labels: torch.Tensor, num_instance: int, n_inner_pts: int,
+                  l2_norm: bool = True, *, backend: str | None = None):
+    """Drop-in for the official ``get_embedding_aug``: ``([X; G_1; ...; G_n], labels.repeat(n+1))``.
+
+    ``G_k[i] = normalize(((n+1-k) x_i + k x_{i^1}) / (n+1))`` where ``i^1`` is ``i``'s neighbour in the
+    adjacent layout. Computed as one ``expand`` over the ``B`` pairs ``(i, i^1)``. ``num_instance`` must be
+    even (as upstream asserts); unlike upstream, rows ``i`` and ``i^1`` must share a label.
+    """
+    n = check_embedding_aug_args(X, labels, num_instance, n_inner_pts)
+    B, D = X.shape
+    rows = torch.arange(B, device=X.device)
+    synthetic = expand(X, torch.stack([rows, rows ^ 1], dim=1), n, l2_norm, backend=backend)
+    return torch.cat([X, synthetic.transpose(0, 1).reshape(n * B, D)], dim=0), labels.repeat(n + 1)

@@ -1,0 +1,182 @@
+"""Pure-PyTorch twins of every op (spec §2-§3): the test oracle and the fallback backend.
+
+These functions materialize every augmented point and the full distance matrix between them, the
+"plain implementation" a user would write by hand. They are deliberately simple: each line follows a
+definition of ``EE-SPEC.md``. Memory is ``O((P*T)^2)``; use the fused ops (``ee_cuda.expand`` and
+friends) for real batches.
+
+Dtypes: points and distances are computed in the input dtype (float16/bfloat16 included), exactly as a
+plain implementation would; ``torch.cdist`` is used for distances.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._validation import check_embeddings, check_labels, check_n_inner, check_pairs
+
+EPS = 1e-12  # torch.nn.functional.normalize's default, spec §1
+
+__all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pairs", "embedding_aug",
+           "augmented_points", "build_info"]
+
+
+def augmented_points(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool = True) -> torch.Tensor:
+    """All ``T = n_inner + 2`` augmented points ``a(p, t)`` of every pair, shape ``(P, T, D)`` (spec §2)."""
+    pairs = pairs.long()
+    xi, xj = X[pairs[:, 0]], X[pairs[:, 1]]
+    n = n_inner
+    t = torch.arange(1, n + 1, device=X.device, dtype=X.dtype).view(1, n, 1)
+    u = ((n + 1 - t) * xi[:, None, :] + t * xj[:, None, :]) / (n + 1)
+    if normalize:
+        u = F.normalize(u, dim=-1, eps=EPS)
+    return torch.cat([xi[:, None, :], u, xj[:, None, :]], dim=1)
+
+
+def expand(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool = True) -> torch.Tensor:
+    """Synthetic points only, ``(P, n, D)``: ``out[p, t-1] = a(p, t)`` for ``t = 1..n``."""
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_pairs(pairs, X.shape[0], X.device)
+    return _expand(X, pairs, n_inner, normalize)
+
+
+def _expand(X, pairs, n_inner, normalize):
+    return augmented_points(X, pairs, n_inner, normalize)[:, 1:n_inner + 1]
+
+
+def _pair_labels(labels: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    return labels[pairs[:, 0].long()]
+
+
+def _augmented_distances(X, pairs, n_inner, normalize):
+    """Distance between every two augmented points, viewed as ``(P, T, P, T)``."""
+    P, T = pairs.shape[0], n_inner + 2
+    A = augmented_points(X, pairs, n_inner, normalize).reshape(P * T, -1)
+    return torch.cdist(A, A).view(P, T, P, T)
+
+
+def hard_negative_pairs(X, pairs, labels, n_inner: int, normalize: bool = True):
+    """``dist[p, q] = min_{t, r} ||a(p,t) - a(q,r)||`` over pairs of different labels, and its ``(t, r)``.
+
+    Same-label entries are ``+inf`` and ``(-1, -1)``. Ties go to the smallest ``t*T + r`` (the first
+    minimum in row-major order, as ``torch.min`` returns it).
+    """
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_labels(labels, X.shape[0], X.device)
+    check_pairs(pairs, X.shape[0], X.device, labels)
+    return _hard_negative_pairs(X, pairs, labels, n_inner, normalize)
+
+
+def _hard_negative_pairs(X, pairs, labels, n_inner, normalize):
+    P, T = pairs.shape[0], n_inner + 2
+    if P == 0:
+        return X.new_empty(0, 0), torch.empty(0, 0, 2, dtype=torch.long, device=X.device)
+    lab = _pair_labels(labels, pairs)
+    negative = lab[:, None] != lab[None, :]
+    dist_all = _augmented_distances(X, pairs, n_inner, normalize).permute(0, 2, 1, 3).reshape(P, P, T * T)
+    dist, flat = dist_all.min(dim=-1)
+    dist = torch.where(negative, dist, torch.full_like(dist, float("inf")))
+    index = torch.stack([flat // T, flat % T], dim=-1)
+    index = torch.where(negative[..., None], index, torch.full_like(index, -1))
+    return dist, index
+
+
+def hard_negative_points(X, pairs, labels, n_inner: int, normalize: bool = True):
+    """``dist[p, t] = min_{q of another label, r} ||a(p,t) - a(q,r)||`` and its ``(q, r)``.
+
+    ``+inf`` and ``(-1, -1)`` where no pair of another label exists. Ties go to the smallest
+    ``q*T + r``.
+    """
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_labels(labels, X.shape[0], X.device)
+    check_pairs(pairs, X.shape[0], X.device, labels)
+    return _hard_negative_points(X, pairs, labels, n_inner, normalize)
+
+
+def _hard_negative_points(X, pairs, labels, n_inner, normalize):
+    P, T = pairs.shape[0], n_inner + 2
+    if P == 0:
+        return X.new_empty(0, T), torch.empty(0, T, 2, dtype=torch.long, device=X.device)
+    lab = _pair_labels(labels, pairs)
+    negative = lab[:, None] != lab[None, :]
+    dist_all = _augmented_distances(X, pairs, n_inner, normalize)
+    dist_all = dist_all.masked_fill(~negative[:, None, :, None], float("inf")).reshape(P, T, P * T)
+    dist, flat = dist_all.min(dim=-1)
+    has_negative = negative.any(dim=1)[:, None]
+    dist = torch.where(has_negative, dist, torch.full_like(dist, float("inf")))
+    index = torch.stack([flat // T, flat % T], dim=-1)
+    index = torch.where(has_negative[..., None], index, torch.full_like(index, -1))
+    return dist, index
+
+
+def positive_pairs(labels: torch.Tensor, mode: str = "all") -> torch.Tensor:
+    """Positive pairs of a batch, ``LongTensor (P, 2)`` on the labels' device.
+
+    ``"all"``: every unordered same-label pair ``(i, j)``, ``i < j``, in row-major order.
+    ``"adjacent"``: ``(2k, 2k+1)`` for every ``k`` (the official sampler's layout); ``ValueError`` if
+    ``B`` is odd or the two rows of a pair have different labels.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be an integer torch.Tensor of shape (B,), got {type(labels).__name__}")
+    check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1, labels.device)
+    B = labels.shape[0]
+    if mode == "all":
+        same = labels[:, None] == labels[None, :]
+        return torch.triu(same, diagonal=1).nonzero()
+    if mode == "adjacent":
+        if B % 2:
+            raise ValueError(f"labels: mode='adjacent' needs an even batch, got B={B}")
+        pairs = torch.arange(B, device=labels.device).view(-1, 2)
+        _check_adjacent_labels(labels)
+        return pairs
+    raise ValueError(f"mode must be 'all' or 'adjacent', got {mode!r}")
+
+
+def _check_adjacent_labels(labels: torch.Tensor) -> None:
+    if labels.shape[0] == 0 or torch.compiler.is_compiling():
+        return
+    pairs = labels.view(-1, 2)
+    differ = pairs[:, 0] != pairs[:, 1]
+    if bool(differ.any()):
+        k = differ.nonzero()[0, 0].item()
+        raise ValueError(
+            f"labels: rows {2 * k} and {2 * k + 1} form an adjacent pair but have different labels "
+            f"({labels[2 * k].item()} != {labels[2 * k + 1].item()})")
+
+
+def check_embedding_aug_args(X, labels, num_instance, n_inner_pts) -> int:
+    check_embeddings(X, "embeddings")
+    n = check_n_inner(n_inner_pts, "n_inner_pts")
+    check_labels(labels, X.shape[0], X.device)
+    if isinstance(num_instance, bool) or not isinstance(num_instance, int) or num_instance <= 0 or num_instance % 2:
+        raise ValueError(f"num_instance must be a positive even int (as upstream asserts), got {num_instance!r}")
+    if X.shape[0] % 2:
+        raise ValueError(f"embeddings must have an even number of rows (adjacent pairs), got B={X.shape[0]}")
+    _check_adjacent_labels(labels)
+    return n
+
+
+def embedding_aug(X, labels, num_instance: int, n_inner_pts: int, l2_norm: bool = True):
+    """The official ``get_embedding_aug`` (clovaai/embedding-expansion), in PyTorch.
+
+    Returns ``([X; G_1; ...; G_n], labels repeated n+1 times)`` with
+    ``G_k[i] = normalize(((n+1-k) x_i + k x_{i^1}) / (n+1))`` and ``i^1`` the row ``i`` is paired with.
+    Unlike upstream, rows ``i`` and ``i^1`` must share a label (``ValueError`` otherwise).
+    """
+    n = check_embedding_aug_args(X, labels, num_instance, n_inner_pts)
+    B = X.shape[0]
+    swap = torch.arange(B, device=X.device) ^ 1
+    anchor, pos = X[swap], X
+    blocks, total = [X], float(n + 1)
+    for k in range(1, n + 1):
+        inner = (anchor * k + pos * (total - k)) / total
+        blocks.append(F.normalize(inner, dim=-1, eps=EPS) if l2_norm else inner)
+    return torch.cat(blocks, dim=0), labels.repeat(n + 1)
+
+
+def build_info() -> dict:
+    """The reference compiles nothing: both kernel flags are False."""
+    return {"cpu": False, "cuda": False, "cuda_arch_list": None, "torch": torch.__version__, "backend": "reference"}
