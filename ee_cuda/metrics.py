@@ -170,9 +170,14 @@ def pairwise_f1(labels, clusters) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def cluster(embeddings, k: int, seed: int = 0, n_init: int = 3) -> np.ndarray:
-    """k-means assignments (scikit-learn ``KMeans``, ``n_init`` restarts, ``random_state=seed``)."""
+def cluster(embeddings, k: int, seed: int = 0, n_init: int = 3, threads: int | None = 1) -> np.ndarray:
+    """k-means assignments (scikit-learn ``KMeans``, ``n_init`` restarts, ``random_state=seed``).
+
+    ``threads`` caps the BLAS/OpenMP threads k-means uses (default 1: on a busy machine, oversubscribed
+    OpenMP is tens of times slower); ``None`` leaves scikit-learn's default.
+    """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.detach().float().cpu().numpy()
@@ -181,7 +186,8 @@ def cluster(embeddings, k: int, seed: int = 0, n_init: int = 3) -> np.ndarray:
         raise ValueError(f"embeddings must have shape (N, D), got {x.shape}")
     if not 1 <= int(k) <= x.shape[0]:
         raise ValueError(f"k must be in 1..N={x.shape[0]}, got {k}")
-    return KMeans(n_clusters=int(k), n_init=n_init, random_state=int(seed)).fit_predict(x)
+    with threadpool_limits(limits=threads):
+        return KMeans(n_clusters=int(k), n_init=n_init, random_state=int(seed)).fit_predict(x)
 
 
 def evaluate(embeddings, labels, ks: Iterable[int] = (1, 2, 4, 8), seed: int = 0) -> dict:
