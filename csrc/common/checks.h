@@ -1,0 +1,63 @@
+// Argument checks of the registered ops. The Python wrappers check first (with data-dependent checks such
+// as index ranges); these guard direct calls of torch.ops.ee_cuda.* and raise ValueError / TypeError
+// naming the argument, before any kernel runs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#define EE_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
+#define EE_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+#define EE_CHECK_SHAPE(x, ...) \
+  EE_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
+#define EE_CHECK_DEVICE(x, ref) \
+  EE_CHECK_VALUE((x).device() == (ref).device(), #x " is on ", (x).device(), " but X is on ", (ref).device())
+
+namespace ee {
+
+inline void check_embeddings(const at::Tensor& X) {
+  EE_CHECK_VALUE(X.dim() == 2, "X must have shape (B, D), got ", X.sizes());
+  EE_CHECK_TYPE(at::isFloatingType(X.scalar_type()), "X must be a floating tensor, got ", X.scalar_type());
+}
+
+inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X) {
+  EE_CHECK_TYPE(pairs.scalar_type() == at::kLong, "pairs must be an int64 tensor, got ", pairs.scalar_type());
+  EE_CHECK_VALUE(pairs.dim() == 2 && pairs.size(1) == 2, "pairs must have shape (P, 2), got ", pairs.sizes());
+  EE_CHECK_DEVICE(pairs, X);
+}
+
+inline void check_n_inner(int64_t n_inner) { EE_CHECK_VALUE(n_inner >= 0, "n_inner must be >= 0, got ", n_inner); }
+
+inline void check_search_inputs(const at::Tensor& X, const at::Tensor& pairs, const at::Tensor& labels,
+                                int64_t n_inner) {
+  check_embeddings(X);
+  check_pairs(pairs, X);
+  check_n_inner(n_inner);
+  EE_CHECK_TYPE(labels.scalar_type() == at::kLong, "labels must be an int64 tensor, got ", labels.scalar_type());
+  EE_CHECK_SHAPE(labels, X.size(0));
+  EE_CHECK_DEVICE(labels, X);
+}
+
+// Saved forward outputs handed to a search backward: grad/dist of `out_shape`, index of out_shape + (2,).
+inline void check_search_backward_inputs(const at::Tensor& grad, const at::Tensor& X, const at::Tensor& pairs,
+                                         const at::Tensor& dist, const at::Tensor& index, int64_t n_inner,
+                                         at::IntArrayRef out_shape) {
+  check_embeddings(X);
+  check_pairs(pairs, X);
+  check_n_inner(n_inner);
+  EE_CHECK_VALUE(grad.sizes() == out_shape, "grad must have shape ", out_shape, ", got ", grad.sizes());
+  EE_CHECK_VALUE(dist.sizes() == out_shape, "dist must have shape ", out_shape, ", got ", dist.sizes());
+  EE_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be an int64 tensor, got ", index.scalar_type());
+  EE_CHECK_VALUE(index.dim() == int64_t(out_shape.size()) + 1 && index.sizes().slice(0, out_shape.size()) == out_shape &&
+                     index.size(-1) == 2,
+                 "index must have shape ", out_shape, " + (2,), got ", index.sizes());
+  EE_CHECK_DEVICE(grad, X);
+  EE_CHECK_DEVICE(dist, X);
+  EE_CHECK_DEVICE(index, X);
+}
+
+// The accumulation type: float for half, bfloat16 and float; double for double.
+inline at::ScalarType acc_type_of(const at::Tensor& X) {
+  return X.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace ee

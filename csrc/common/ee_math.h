@@ -1,0 +1,149 @@
+// Arithmetic of Embedding Expansion shared by the CPU and CUDA kernels (EE-SPEC §2, §4).
+//
+// Every augmented point is a(p, t) = alpha * x_i + beta * x_j, so distances between augmented points
+// follow from Gram entries G = X X^T. The helpers here are __host__ __device__ so that the CPU build,
+// and with it the CPU tests, run exactly the formulas the GPU runs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define EE_HD __host__ __device__ __forceinline__
+#else
+#define EE_HD inline
+#endif
+
+namespace ee {
+
+// torch.nn.functional.normalize's default: a synthetic point is u / max(||u||, kNormEps).
+constexpr double kNormEps = 1e-12;
+
+// One augmented point as a combination of its pair's endpoints, plus what its backward needs.
+template <typename acc_t>
+struct PointCoef {
+  acc_t alpha;   // weight of x_i in the point's value (0 when u == 0 exactly: the point is the zero vector)
+  acc_t beta;    // weight of x_j
+  acc_t sqnorm;  // ||a(p, t)||^2
+  acc_t unorm;   // ||u|| for a synthetic point, -1 for an original (never re-normalized)
+};
+
+// Interpolation weights of u = ((n+1-t) x_i + t x_j) / (n+1): (n+1-t)/(n+1) and t/(n+1).
+template <typename acc_t>
+EE_HD acc_t weight_i(int64_t t, int64_t n) { return acc_t(n + 1 - t) / acc_t(n + 1); }
+template <typename acc_t>
+EE_HD acc_t weight_j(int64_t t, int64_t n) { return acc_t(t) / acc_t(n + 1); }
+
+// Coefficients of a(p, t) given ||u|| (synthetic, 1 <= t <= n) or the endpoint's squared norm (originals).
+// For a normalized point the squared norm is taken as exactly 1 (its true value), so that distances
+// between unit points do not inherit the rounding of ||u||.
+template <typename acc_t>
+EE_HD PointCoef<acc_t> point_coef(int64_t t, int64_t n, bool normalize, acc_t unorm, acc_t endpoint_sqnorm) {
+  PointCoef<acc_t> c;
+  if (t == 0 || t == n + 1) {
+    c.alpha = t == 0 ? acc_t(1) : acc_t(0);
+    c.beta = t == 0 ? acc_t(0) : acc_t(1);
+    c.sqnorm = endpoint_sqnorm;
+    c.unorm = acc_t(-1);
+    return c;
+  }
+  const acc_t wi = weight_i<acc_t>(t, n), wj = weight_j<acc_t>(t, n);
+  c.unorm = unorm;
+  if (!normalize) {
+    c.alpha = wi;
+    c.beta = wj;
+    c.sqnorm = unorm * unorm;
+  } else if (unorm >= acc_t(kNormEps)) {
+    c.alpha = wi / unorm;
+    c.beta = wj / unorm;
+    c.sqnorm = acc_t(1);
+  } else if (unorm > acc_t(0)) {  // F.normalize divides by eps: u / eps, a short vector
+    c.alpha = wi / acc_t(kNormEps);
+    c.beta = wj / acc_t(kNormEps);
+    c.sqnorm = (unorm / acc_t(kNormEps)) * (unorm / acc_t(kNormEps));
+  } else {  // u == 0 exactly (antipodal endpoints): the point is the zero vector
+    c.alpha = acc_t(0);
+    c.beta = acc_t(0);
+    c.sqnorm = acc_t(0);
+  }
+  return c;
+}
+
+// Squared distance between a = (aa x_i + ba x_j) and b = (ab x_k + bb x_l) from the four Gram entries
+// g_ik, g_il, g_jk, g_jl; clamped at 0 against cancellation.
+template <typename acc_t>
+EE_HD acc_t sq_dist(const PointCoef<acc_t>& a, const PointCoef<acc_t>& b, acc_t g_ik, acc_t g_il, acc_t g_jk,
+                    acc_t g_jl) {
+  const acc_t dot = a.alpha * (b.alpha * g_ik + b.beta * g_il) + a.beta * (b.alpha * g_jk + b.beta * g_jl);
+  const acc_t d2 = a.sqnorm + b.sqnorm - acc_t(2) * dot;
+  return d2 > acc_t(0) ? d2 : (d2 == d2 ? acc_t(0) : d2);  // keeps NaN
+}
+
+// Total order for (min, argmin): NaN first (as torch.min propagates NaN), then smaller value, then smaller
+// key. Being a total order, the result does not depend on the order candidates are visited in.
+template <typename acc_t>
+EE_HD bool is_better(acc_t d, int64_t key, acc_t best_d, int64_t best_key) {
+  const bool d_nan = d != d, best_nan = best_d != best_d;
+  if (d_nan != best_nan) return d_nan;
+  if (!d_nan && d != best_d) return d < best_d;
+  return key < best_key;
+}
+
+// One augmented point of a selected negative pair, seen from the backward.
+template <typename acc_t>
+struct PointRef {
+  int64_t i, j;          // rows of its pair's endpoints
+  int64_t t, n;          // position along the pair, and n_inner
+  PointCoef<acc_t> c;
+};
+
+// d(sq_dist)/d(U) where U = ||u||^2 = wi^2 G_ii + 2 wi wj G_ij + wj^2 G_jj, for a point whose value
+// depends on its own pair's Gram entries; `dot` is <a, b>.
+template <typename acc_t>
+EE_HD acc_t own_norm_factor(const PointRef<acc_t>& a, bool normalize, acc_t dot) {
+  const bool synthetic = a.t > 0 && a.t <= a.n;
+  if (!synthetic || !normalize) return acc_t(1);        // ||a||^2 = U itself, coefficients constant
+  if (a.c.unorm >= acc_t(kNormEps)) return dot / (a.c.unorm * a.c.unorm);  // a = u/|u|: d2 = 2 - 2<a,b>
+  return acc_t(1) / acc_t(kNormEps * kNormEps);         // a = u / eps: ||a||^2 = U / eps^2
+}
+
+// Gradient of dist = ||a - b|| (the forward's value d) with upstream gradient g, as entries of dG where
+// dX = (dG + dG^T) X. Calls emit(row, col, value) for up to 10 entries: the four cross entries (rows in
+// a's pair), then a's own (rows in a's pair), then b's own (rows in b's pair). At d == 0 the gradient is
+// 0, as torch's norm gives. The nominal coefficients c_i / max(|u|, eps) are used for the cross terms even
+// where the value used 0 (u == 0): the derivative of u / eps is 1 / eps there, as in F.normalize.
+template <typename acc_t, typename Emit>
+EE_HD void distance_grad_terms(const PointRef<acc_t>& a, const PointRef<acc_t>& b, bool normalize, acc_t d, acc_t g,
+                               Emit&& emit) {
+  if (!(d > acc_t(0)) || g == acc_t(0)) return;
+  const acc_t gd = g / (acc_t(2) * d);  // dL/d(d^2)
+  const acc_t dot = (a.c.sqnorm + b.c.sqnorm - d * d) / acc_t(2);
+  auto nominal = [normalize](const PointRef<acc_t>& p, acc_t& al, acc_t& be) {
+    al = weight_i<acc_t>(p.t, p.n);
+    be = weight_j<acc_t>(p.t, p.n);
+    if (normalize && p.t > 0 && p.t <= p.n) {
+      const acc_t den = p.c.unorm >= acc_t(kNormEps) ? p.c.unorm : acc_t(kNormEps);
+      al /= den;
+      be /= den;
+    }
+  };
+  acc_t aa, ba, ab, bb;
+  nominal(a, aa, ba);
+  nominal(b, ab, bb);
+  const acc_t m2 = acc_t(-2) * gd;
+  emit(a.i, b.i, m2 * aa * ab);
+  emit(a.i, b.j, m2 * aa * bb);
+  emit(a.j, b.i, m2 * ba * ab);
+  emit(a.j, b.j, m2 * ba * bb);
+  auto own = [&](const PointRef<acc_t>& p) {
+    const acc_t k = gd * own_norm_factor(p, normalize, dot);
+    const acc_t wi = weight_i<acc_t>(p.t, p.n), wj = weight_j<acc_t>(p.t, p.n);
+    emit(p.i, p.i, k * wi * wi);
+    emit(p.i, p.j, k * acc_t(2) * wi * wj);
+    emit(p.j, p.j, k * wj * wj);
+  };
+  own(a);
+  own(b);
+}
+
+}  // namespace ee

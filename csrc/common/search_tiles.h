@@ -1,0 +1,234 @@
+// The tiled hard-negative search and its per-output backward scatter, as __host__ __device__ functions.
+//
+// The CUDA kernels run one tile per thread block: every thread of the block helps copy the tile's pair
+// coefficients into shared memory (`*_tile_load`), then each thread computes its own outputs from them
+// (`*_tile_compute`), keeping (min, argmin) in registers (the KeOps pattern). The CPU kernels drive the
+// very same functions over every tile with at::parallel_for, emulating the threads of a block in a loop,
+// so the CPU tests check the tiling, the tile boundaries and the reduction that the GPU runs.
+#pragma once
+
+#include "ee_math.h"
+
+namespace ee {
+
+constexpr int kPairTile = 16;     // hard_negative_pairs: a block computes kPairTile x kPairTile (p, q)
+constexpr int kPointBlock = 128;  // hard_negative_points: outputs (p, t) per block, one per thread
+constexpr int kPointTileQ = 32;   // hard_negative_points: pairs q streamed per shared-memory tile
+
+// What the search reads. `coef` is (P, T) row-major, `pairs` (P, 2), `pair_label` (P,).
+template <typename acc_t>
+struct SearchArgs {
+  const acc_t* gram;  // (B, B) row-major, X X^T in the accumulation type
+  int64_t B;
+  const PointCoef<acc_t>* coef;
+  const int64_t* pairs;
+  const int64_t* pair_label;
+  int64_t P, T;
+};
+
+// A view of one tile's copy of `count` pairs: their coefficients (count x T), endpoints and labels.
+template <typename acc_t>
+struct PairSlab {
+  PointCoef<acc_t>* coef;
+  int64_t* i;
+  int64_t* j;
+  int64_t* label;
+};
+
+template <typename acc_t>
+EE_HD size_t slab_bytes(int64_t count, int64_t T) {
+  return size_t(count) * size_t(T) * sizeof(PointCoef<acc_t>) + size_t(3 * count) * sizeof(int64_t);
+}
+
+template <typename acc_t>
+EE_HD PairSlab<acc_t> slab_at(void* base, int64_t count, int64_t T) {
+  PairSlab<acc_t> s;
+  s.coef = reinterpret_cast<PointCoef<acc_t>*>(base);
+  s.i = reinterpret_cast<int64_t*>(s.coef + count * T);
+  s.j = s.i + count;
+  s.label = s.j + count;
+  return s;
+}
+
+// Copies pairs [first, first + count) into `slab`; thread `tid` of `nthreads` copies its share. Rows past
+// P are left unread.
+template <typename acc_t>
+EE_HD void load_slab(const SearchArgs<acc_t>& a, PairSlab<acc_t> slab, int64_t first, int64_t count, int tid,
+                     int nthreads) {
+  const int64_t avail = a.P - first < count ? a.P - first : count;
+  for (int64_t e = tid; e < avail * a.T; e += nthreads) slab.coef[e] = a.coef[first * a.T + e];
+  for (int64_t e = tid; e < avail; e += nthreads) {
+    slab.i[e] = a.pairs[2 * (first + e)];
+    slab.j[e] = a.pairs[2 * (first + e) + 1];
+    slab.label[e] = a.pair_label[first + e];
+  }
+}
+
+// Running (min, argmin) of squared distances.
+template <typename acc_t>
+struct Best {
+  acc_t d2;
+  int64_t key;
+};
+
+template <typename acc_t>
+EE_HD Best<acc_t> no_best() {
+  Best<acc_t> b;
+  b.d2 = acc_t(INFINITY);
+  b.key = INT64_MAX;
+  return b;
+}
+
+template <typename acc_t>
+EE_HD void consider(Best<acc_t>& best, acc_t d2, int64_t key) {
+  if (is_better(d2, key, best.d2, best.key)) {
+    best.d2 = d2;
+    best.key = key;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// hard_negative_pairs: tiles of the upper triangle of the (p, q) grid, tile row bp <= tile column bq.
+
+// The `linear`-th tile of the upper triangle (row-major over the lower triangle, transposed).
+EE_HD void triangle_tile(int64_t linear, int64_t& bp, int64_t& bq) {
+  int64_t r = int64_t((sqrt(8.0 * double(linear) + 1.0) - 1.0) / 2.0);
+  while (r * (r + 1) / 2 > linear) --r;
+  while ((r + 1) * (r + 2) / 2 <= linear) ++r;
+  bq = r;
+  bp = linear - r * (r + 1) / 2;
+}
+
+EE_HD int64_t triangle_tiles(int64_t P) {
+  const int64_t nt = (P + kPairTile - 1) / kPairTile;
+  return nt * (nt + 1) / 2;
+}
+
+// Shared-memory layout of a pair tile: the slab of its kPairTile p-rows, then that of its q-columns.
+template <typename acc_t>
+EE_HD size_t pair_tile_bytes(int64_t T) { return 2 * slab_bytes<acc_t>(kPairTile, T); }
+
+template <typename acc_t>
+EE_HD void pair_tile_load(const SearchArgs<acc_t>& a, void* shared, int64_t bp, int64_t bq, int tid, int nthreads) {
+  char* base = static_cast<char*>(shared);
+  load_slab(a, slab_at<acc_t>(base, kPairTile, a.T), bp * kPairTile, kPairTile, tid, nthreads);
+  load_slab(a, slab_at<acc_t>(base + slab_bytes<acc_t>(kPairTile, a.T), kPairTile, a.T), bq * kPairTile, kPairTile,
+            tid, nthreads);
+}
+
+// Thread (tp, tq) of tile (bp, bq): the unordered pair p = bp*16+tp < q = bq*16+tq (or the diagonal p == q).
+// One scan over the T x T grid gives both dist[p, q] (argmin by t*T + r) and dist[q, p] (by r*T + t).
+template <typename acc_t, typename scalar_t>
+EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t bp, int64_t bq, int tp, int tq,
+                             scalar_t* dist, int64_t* index) {
+  const int64_t p = bp * kPairTile + tp, q = bq * kPairTile + tq, P = a.P, T = a.T;
+  if (p >= P || q >= P || q < p) return;
+  const char* base = static_cast<const char*>(shared);
+  const PairSlab<acc_t> sp = slab_at<acc_t>(const_cast<char*>(base), kPairTile, T);
+  const PairSlab<acc_t> sq = slab_at<acc_t>(const_cast<char*>(base) + slab_bytes<acc_t>(kPairTile, T), kPairTile, T);
+  const int64_t pq = p * P + q, qp = q * P + p;
+  if (sp.label[tp] == sq.label[tq]) {
+    dist[pq] = scalar_t(INFINITY);
+    dist[qp] = scalar_t(INFINITY);
+    index[2 * pq] = index[2 * pq + 1] = index[2 * qp] = index[2 * qp + 1] = -1;
+    return;
+  }
+  const int64_t i = sp.i[tp], j = sp.j[tp], k = sq.i[tq], l = sq.j[tq], B = a.B;
+  const acc_t g_ik = a.gram[i * B + k], g_il = a.gram[i * B + l], g_jk = a.gram[j * B + k], g_jl = a.gram[j * B + l];
+  const PointCoef<acc_t>* cp = sp.coef + tp * T;
+  const PointCoef<acc_t>* cq = sq.coef + tq * T;
+  Best<acc_t> fwd = no_best<acc_t>(), bwd = no_best<acc_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    const PointCoef<acc_t> at = cp[t];
+    for (int64_t r = 0; r < T; ++r) {
+      const acc_t d2 = sq_dist(at, cq[r], g_ik, g_il, g_jk, g_jl);
+      consider(fwd, d2, t * T + r);
+      consider(bwd, d2, r * T + t);
+    }
+  }
+  dist[pq] = scalar_t(sqrt(fwd.d2));
+  index[2 * pq] = fwd.key / T;
+  index[2 * pq + 1] = fwd.key % T;
+  dist[qp] = scalar_t(sqrt(bwd.d2));
+  index[2 * qp] = bwd.key / T;   // in (q, p)'s own terms: (t of q, r of p)
+  index[2 * qp + 1] = bwd.key % T;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// hard_negative_points: a block owns kPointBlock consecutive outputs o = p*T + t and streams every pair q
+// through shared memory, kPointTileQ at a time.
+
+template <typename acc_t>
+EE_HD size_t point_tile_bytes(int64_t T) { return slab_bytes<acc_t>(kPointTileQ, T); }
+
+template <typename acc_t>
+EE_HD void point_tile_load(const SearchArgs<acc_t>& a, void* shared, int64_t q0, int tid, int nthreads) {
+  load_slab(a, slab_at<acc_t>(shared, kPointTileQ, a.T), q0, kPointTileQ, tid, nthreads);
+}
+
+// Output o = p*T + t against the tile of pairs starting at q0; keys are q*T + r.
+template <typename acc_t>
+EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t q0, int64_t o, Best<acc_t>& best) {
+  const int64_t T = a.T, p = o / T, t = o % T, B = a.B;
+  if (p >= a.P) return;
+  const PairSlab<acc_t> s = slab_at<acc_t>(const_cast<void*>(shared), kPointTileQ, T);
+  const int64_t i = a.pairs[2 * p], j = a.pairs[2 * p + 1], label = a.pair_label[p];
+  const PointCoef<acc_t> at = a.coef[o];
+  const acc_t* gi = a.gram + i * B;
+  const acc_t* gj = a.gram + j * B;
+  const int64_t count = a.P - q0 < kPointTileQ ? a.P - q0 : kPointTileQ;
+  for (int64_t e = 0; e < count; ++e) {
+    if (s.label[e] == label) continue;
+    const int64_t k = s.i[e], l = s.j[e];
+    const acc_t g_ik = gi[k], g_il = gi[l], g_jk = gj[k], g_jl = gj[l];
+    const PointCoef<acc_t>* cq = s.coef + e * T;
+    const int64_t key0 = (q0 + e) * T;
+    for (int64_t r = 0; r < T; ++r) consider(best, sq_dist(at, cq[r], g_ik, g_il, g_jk, g_jl), key0 + r);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>& best, scalar_t* dist,
+                       int64_t* index) {
+  if (o >= a.P * a.T) return;
+  const bool found = best.key != INT64_MAX;
+  dist[o] = scalar_t(found ? sqrt(best.d2) : acc_t(INFINITY));
+  index[2 * o] = found ? best.key / a.T : -1;
+  index[2 * o + 1] = found ? best.key % a.T : -1;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward: the dG entries of one output. The GPU runs one thread per output and adds them atomically;
+// the CPU emulation (tests) adds them in a loop; the CPU kernels use the same terms, owner-computed.
+
+template <typename acc_t>
+EE_HD PointRef<acc_t> point_ref(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t pair, int64_t t,
+                                int64_t T) {
+  PointRef<acc_t> r;
+  r.i = pairs[2 * pair];
+  r.j = pairs[2 * pair + 1];
+  r.t = t;
+  r.n = T - 2;
+  r.c = coef[pair * T + t];
+  return r;
+}
+
+// Output (p, q) of hard_negative_pairs: points a(p, index[pq][0]) and a(q, index[pq][1]).
+template <typename acc_t, typename Emit>
+EE_HD void pair_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t P, int64_t T, bool normalize,
+                             int64_t p, int64_t q, acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
+  const int64_t pq = p * P + q, t = index[2 * pq], r = index[2 * pq + 1];
+  if (t < 0 || r < 0) return;
+  distance_grad_terms(point_ref(coef, pairs, p, t, T), point_ref(coef, pairs, q, r, T), normalize, d, g, emit);
+}
+
+// Output o = (p, t) of hard_negative_points: points a(p, t) and a(index[o][0], index[o][1]).
+template <typename acc_t, typename Emit>
+EE_HD void point_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t T, bool normalize, int64_t o,
+                              acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
+  const int64_t q = index[2 * o], r = index[2 * o + 1];
+  if (q < 0 || r < 0) return;
+  distance_grad_terms(point_ref(coef, pairs, o / T, o % T, T), point_ref(coef, pairs, q, r, T), normalize, d, g, emit);
+}
+
+}  // namespace ee

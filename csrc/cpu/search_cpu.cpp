@@ -1,0 +1,253 @@
+// CPU kernels of hard_negative_pairs / hard_negative_points (forward and backward), EE-SPEC §3-§4.
+//
+// Forward: one X X^T (BLAS), a (P, T) table of point coefficients, then the tiles of search_tiles.h driven
+// over the (p, q) grid with at::parallel_for (each tile emulates one CUDA block).
+// Backward, by cost (spec §4): hard_negative_pairs has P x P outputs, so their gradients are gathered into
+// dG (each row owned by one task, no races) and finished with dX = (dG + dG^T) X, one B x B x D product;
+// hard_negative_points has P x T outputs, so each output's terms go straight to the (at most four) rows
+// they touch in D-space, in column chunks owned by one task each.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/search_tiles.h"
+#include "coef_table_cpu.h"
+
+namespace ee {
+namespace {
+
+using at::Tensor;
+
+Tensor pair_labels(const Tensor& labels, const Tensor& pairs) {
+  return labels.index_select(0, pairs.select(1, 0)).contiguous();
+}
+
+// Pair indices are read on the CPU before any kernel runs: out-of-range rows would read out of bounds.
+void check_pair_values(const Tensor& pairs, int64_t B) {
+  if (pairs.numel() == 0) return;
+  const int64_t lo = pairs.min().item<int64_t>(), hi = pairs.max().item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= 0 && hi < B, "pairs holds indices outside [0, B=", B, "): min ", lo, ", max ", hi);
+}
+
+template <typename acc_t>
+SearchArgs<acc_t> search_args(const Tensor& gram, const Tensor& coef, const Tensor& pairs, const Tensor& plabel,
+                              int64_t T) {
+  return SearchArgs<acc_t>{gram.data_ptr<acc_t>(), gram.size(0), coef_ptr<acc_t>(coef), pairs.data_ptr<int64_t>(),
+                           plabel.data_ptr<int64_t>(), pairs.size(0), T};
+}
+
+std::tuple<Tensor, Tensor> hard_negative_pairs_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels,
+                                                   int64_t n, bool normalize) {
+  check_search_inputs(X_, pairs_, labels, n);
+  const Tensor pairs = pairs_.contiguous();
+  check_pair_values(pairs, X_.size(0));
+  const int64_t P = pairs.size(0), T = n + 2;
+  Tensor dist = at::empty({P, P}, X_.options());
+  Tensor index = at::empty({P, P, 2}, pairs.options());
+  if (P == 0) return {dist, index};
+  const Tensor X = X_.to(acc_type_of(X_)).contiguous();
+  const Tensor gram = at::mm(X, X.t()).contiguous();
+  const Tensor plabel = pair_labels(labels, pairs);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_pairs_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
+    const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
+    scalar_t* d = dist.data_ptr<scalar_t>();
+    int64_t* idx = index.data_ptr<int64_t>();
+    at::parallel_for(0, triangle_tiles(P), 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> shared((pair_tile_bytes<acc_t>(T) + 7) / 8);  // the block's shared memory
+      for (int64_t tile = begin; tile < end; ++tile) {
+        int64_t bp, bq;
+        triangle_tile(tile, bp, bq);
+        pair_tile_load(args, shared.data(), bp, bq, 0, 1);
+        for (int tp = 0; tp < kPairTile; ++tp)
+          for (int tq = 0; tq < kPairTile; ++tq) pair_tile_compute(args, shared.data(), bp, bq, tp, tq, d, idx);
+      }
+    });
+  });
+  return {dist, index};
+}
+
+std::tuple<Tensor, Tensor> hard_negative_points_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels,
+                                                    int64_t n, bool normalize) {
+  check_search_inputs(X_, pairs_, labels, n);
+  const Tensor pairs = pairs_.contiguous();
+  check_pair_values(pairs, X_.size(0));
+  const int64_t P = pairs.size(0), T = n + 2;
+  Tensor dist = at::empty({P, T}, X_.options());
+  Tensor index = at::empty({P, T, 2}, pairs.options());
+  if (P == 0) return {dist, index};
+  const Tensor X = X_.to(acc_type_of(X_)).contiguous();
+  const Tensor gram = at::mm(X, X.t()).contiguous();
+  const Tensor plabel = pair_labels(labels, pairs);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_points_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
+    const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
+    scalar_t* d = dist.data_ptr<scalar_t>();
+    int64_t* idx = index.data_ptr<int64_t>();
+    const int64_t blocks = (P * T + kPointBlock - 1) / kPointBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> shared((point_tile_bytes<acc_t>(T) + 7) / 8);
+      std::vector<Best<acc_t>> best(kPointBlock);  // the block's registers
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t o0 = block * kPointBlock;
+        for (auto& b : best) b = no_best<acc_t>();
+        for (int64_t q0 = 0; q0 < P; q0 += kPointTileQ) {
+          point_tile_load(args, shared.data(), q0, 0, 1);
+          for (int th = 0; th < kPointBlock; ++th) point_tile_compute(args, shared.data(), q0, o0 + th, best[th]);
+        }
+        for (int th = 0; th < kPointBlock; ++th) point_write(args, o0 + th, best[th], d, idx);
+      }
+    });
+  });
+  return {dist, index};
+}
+
+// Node lists: for each row a of X, the pairs that have a as an endpoint (CSR).
+struct NodePairs {
+  std::vector<int64_t> offsets, pair;
+};
+
+NodePairs node_pairs(const int64_t* pairs, int64_t P, int64_t B) {
+  NodePairs np;
+  np.offsets.assign(B + 1, 0);
+  for (int64_t e = 0; e < 2 * P; ++e) ++np.offsets[pairs[e] + 1];
+  for (int64_t a = 0; a < B; ++a) np.offsets[a + 1] += np.offsets[a];
+  np.pair.resize(2 * P);
+  std::vector<int64_t> fill(np.offsets.begin(), np.offsets.end() - 1);
+  for (int64_t e = 0; e < 2 * P; ++e) np.pair[fill[pairs[e]]++] = e / 2;
+  return np;
+}
+
+Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
+                                        const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
+  const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
+  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, {P, P});
+  const Tensor pairs = pairs_.contiguous();
+  check_pair_values(pairs, B);
+  if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
+  const at::ScalarType acc = acc_type_of(X_);
+  const Tensor X = X_.to(acc).contiguous();
+  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
+  Tensor dG = at::zeros({B, B}, X.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_pairs_backward_cpu", [&] {
+    using acc_t = scalar_t;
+    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
+    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
+    const int64_t* pr = pairs.data_ptr<int64_t>();
+    const int64_t* idx = index.data_ptr<int64_t>();
+    const acc_t* g = grad.data_ptr<acc_t>();
+    const acc_t* d = dist.data_ptr<acc_t>();
+    acc_t* out = dG.data_ptr<acc_t>();
+    const NodePairs np = node_pairs(pr, P, B);
+    // Row a of dG gathers the terms whose row is a: those of outputs (p, q) and (q, p) for the pairs p
+    // holding a. Every term of every output has its row in exactly one of its two pairs, so each is
+    // added once, by the one task that owns its row.
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t a = begin; a < end; ++a) {
+        acc_t* row = out + a * B;
+        auto keep = [&](int64_t r, int64_t col, acc_t v) {
+          if (r == a) row[col] += v;
+        };
+        for (int64_t e = np.offsets[a]; e < np.offsets[a + 1]; ++e) {
+          const int64_t p = np.pair[e];
+          for (int64_t q = 0; q < P; ++q) {
+            const int64_t pq = p * P + q, qp = q * P + p;
+            pair_output_terms(c, pr, P, T, normalize, p, q, d[pq], g[pq], idx, keep);
+            pair_output_terms(c, pr, P, T, normalize, q, p, d[qp], g[qp], idx, keep);
+          }
+        }
+      }
+    });
+  });
+  return at::mm(dG + dG.t(), X).to(X_.scalar_type());
+}
+
+Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
+                                         const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
+  const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
+  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, {P, T});
+  const Tensor pairs = pairs_.contiguous();
+  check_pair_values(pairs, B);
+  if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
+  const at::ScalarType acc = acc_type_of(X_);
+  const Tensor X = X_.to(acc).contiguous();
+  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
+  Tensor dX = at::zeros({B, D}, X.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_points_backward_cpu", [&] {
+    using acc_t = scalar_t;
+    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
+    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
+    const int64_t* pr = pairs.data_ptr<int64_t>();
+    const int64_t* idx = index.data_ptr<int64_t>();
+    const acc_t* g = grad.data_ptr<acc_t>();
+    const acc_t* d = dist.data_ptr<acc_t>();
+    const acc_t* x = X.data_ptr<acc_t>();
+    acc_t* out = dX.data_ptr<acc_t>();
+    constexpr int64_t kChunk = 64;
+    // dG entry (r, c, v) adds v x_c to row r and v x_r to row c, in this task's columns [d0, d1).
+    at::parallel_for(0, (D + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
+      const int64_t d0 = begin * kChunk, d1 = std::min(D, end * kChunk);
+      auto apply = [&](int64_t r, int64_t col, acc_t v) {
+        acc_t* yr = out + r * D;
+        acc_t* yc = out + col * D;
+        const acc_t* xr = x + r * D;
+        const acc_t* xc = x + col * D;
+        for (int64_t k = d0; k < d1; ++k) yr[k] += v * xc[k];
+        for (int64_t k = d0; k < d1; ++k) yc[k] += v * xr[k];
+      };
+      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, T, normalize, o, d[o], g[o], idx, apply);
+    });
+  });
+  return dX.to(X_.scalar_type());
+}
+
+// The CUDA backward's scatter, run serially on the CPU for the tests: every output adds all of its dG
+// terms (as the GPU's atomics do), then dX = (dG + dG^T) X.
+Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_, const Tensor& dist_,
+                                     const Tensor& index_, int64_t n, bool normalize, bool points) {
+  const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
+  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, {P, points ? T : P});
+  const Tensor pairs = pairs_.contiguous();
+  check_pair_values(pairs, B);
+  const at::ScalarType acc = acc_type_of(X_);
+  const Tensor X = X_.to(acc).contiguous();
+  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
+  Tensor dG = at::zeros({B, B}, X.options());
+  if (P == 0) return at::zeros_like(X_);
+  AT_DISPATCH_FLOATING_TYPES(acc, "scatter_backward_emulated_cpu", [&] {
+    using acc_t = scalar_t;
+    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
+    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
+    const int64_t* pr = pairs.data_ptr<int64_t>();
+    const int64_t* idx = index.data_ptr<int64_t>();
+    const acc_t* g = grad.data_ptr<acc_t>();
+    const acc_t* d = dist.data_ptr<acc_t>();
+    acc_t* out = dG.data_ptr<acc_t>();
+    auto add = [&](int64_t r, int64_t col, acc_t v) { out[r * B + col] += v; };
+    if (points) {
+      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, T, normalize, o, d[o], g[o], idx, add);
+    } else {
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t q = 0; q < P; ++q) pair_output_terms(c, pr, P, T, normalize, p, q, d[p * P + q], g[p * P + q], idx, add);
+    }
+  });
+  return at::mm(dG + dG.t(), X).to(X_.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
+  m.impl("hard_negative_pairs", &hard_negative_pairs_cpu);
+  m.impl("hard_negative_points", &hard_negative_points_cpu);
+  m.impl("hard_negative_pairs_backward", &hard_negative_pairs_backward_cpu);
+  m.impl("hard_negative_points_backward", &hard_negative_points_backward_cpu);
+  m.impl("scatter_backward_emulated", &scatter_backward_emulated_cpu);
+}
+
+}  // namespace ee

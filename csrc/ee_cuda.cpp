@@ -1,0 +1,47 @@
+// The ee_cuda operator library: every schema in one place (kernels register per device in cpu/ and cuda/),
+// and the Python module ee_cuda._C, whose import loads them.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifndef EE_CUDA_ARCH_LIST
+#define EE_CUDA_ARCH_LIST ""
+#endif
+
+TORCH_LIBRARY(ee_cuda, m) {
+  m.def("expand(Tensor X, Tensor pairs, int n_inner, bool normalize) -> Tensor");
+  m.def("expand_backward(Tensor grad, Tensor X, Tensor pairs, int n_inner, bool normalize) -> Tensor");
+  m.def("hard_negative_pairs(Tensor X, Tensor pairs, Tensor labels, int n_inner, bool normalize) -> (Tensor, Tensor)");
+  m.def(
+      "hard_negative_pairs_backward(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
+      "bool normalize) -> Tensor");
+  m.def("hard_negative_points(Tensor X, Tensor pairs, Tensor labels, int n_inner, bool normalize) -> (Tensor, Tensor)");
+  m.def(
+      "hard_negative_points_backward(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
+      "bool normalize) -> Tensor");
+  // Test-only (CPU): the CUDA backward's per-output atomic scatter, run serially.
+  m.def(
+      "scatter_backward_emulated(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
+      "bool normalize, bool points) -> Tensor");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["cpu"] = true;
+#ifdef EE_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_arch_list"] = std::string(EE_CUDA_ARCH_LIST);
+#else
+  info["cuda"] = false;
+  info["cuda_arch_list"] = pybind11::none();
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Fused Embedding Expansion kernels; the ops live in torch.ops.ee_cuda";
+  m.def("build_info", &build_info, "Which fused kernels this build contains");
+}

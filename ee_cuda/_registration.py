@@ -1,0 +1,83 @@
+"""Fake (meta) kernels and autograd for the ops that ``ee_cuda._C`` registers as ``torch.ops.ee_cuda.*``.
+
+The backward of every op is an op of its own (``*_backward``), so it dispatches per device and traces
+under ``torch.compile``; double backward is not supported (the backward ops have no autograd).
+"""
+from __future__ import annotations
+
+import torch
+
+_lib = "ee_cuda::"
+
+
+@torch.library.register_fake(_lib + "expand")
+def _expand_fake(X, pairs, n_inner, normalize):
+    return X.new_empty(pairs.shape[0], n_inner, X.shape[1])
+
+
+@torch.library.register_fake(_lib + "hard_negative_pairs")
+def _pairs_fake(X, pairs, labels, n_inner, normalize):
+    P = pairs.shape[0]
+    return X.new_empty(P, P), pairs.new_empty(P, P, 2)
+
+
+@torch.library.register_fake(_lib + "hard_negative_points")
+def _points_fake(X, pairs, labels, n_inner, normalize):
+    P = pairs.shape[0]
+    return X.new_empty(P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
+
+
+@torch.library.register_fake(_lib + "expand_backward")
+def _expand_backward_fake(grad, X, pairs, n_inner, normalize):
+    return torch.empty_like(X)
+
+
+@torch.library.register_fake(_lib + "hard_negative_pairs_backward")
+def _pairs_backward_fake(grad, X, pairs, dist, index, n_inner, normalize):
+    return torch.empty_like(X)
+
+
+@torch.library.register_fake(_lib + "hard_negative_points_backward")
+def _points_backward_fake(grad, X, pairs, dist, index, n_inner, normalize):
+    return torch.empty_like(X)
+
+
+@torch.library.register_fake(_lib + "scatter_backward_emulated")
+def _scatter_fake(grad, X, pairs, dist, index, n_inner, normalize, points):
+    return torch.empty_like(X)
+
+
+def _setup_expand(ctx, inputs, output):
+    X, pairs, n_inner, normalize = inputs
+    ctx.save_for_backward(X, pairs)
+    ctx.n_inner, ctx.normalize = n_inner, normalize
+
+
+def _backward_expand(ctx, grad):
+    X, pairs = ctx.saved_tensors
+    dX = torch.ops.ee_cuda.expand_backward(grad.contiguous(), X, pairs, ctx.n_inner, ctx.normalize)
+    return dX, None, None, None
+
+
+def _setup_search(ctx, inputs, output):
+    X, pairs, labels, n_inner, normalize = inputs
+    dist, index = output
+    ctx.save_for_backward(X, pairs, dist, index)
+    ctx.n_inner, ctx.normalize = n_inner, normalize
+
+
+def _search_backward(op):
+    def backward(ctx, grad_dist, grad_index):
+        X, pairs, dist, index = ctx.saved_tensors
+        dX = op(grad_dist.contiguous(), X, pairs, dist, index, ctx.n_inner, ctx.normalize)
+        return dX, None, None, None, None
+    return backward
+
+
+torch.library.register_autograd(_lib + "expand", _backward_expand, setup_context=_setup_expand)
+torch.library.register_autograd(_lib + "hard_negative_pairs",
+                                _search_backward(torch.ops.ee_cuda.hard_negative_pairs_backward),
+                                setup_context=_setup_search)
+torch.library.register_autograd(_lib + "hard_negative_points",
+                                _search_backward(torch.ops.ee_cuda.hard_negative_points_backward),
+                                setup_context=_setup_search)
