@@ -20,7 +20,6 @@ Importing this module raises ``ImportError`` when PML is not installed.
 """
 from __future__ import annotations
 
-import torch
 
 try:
     from pytorch_metric_learning.losses import BaseMetricLossFunction
