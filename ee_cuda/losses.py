@@ -32,6 +32,10 @@ Choices the spec leaves open, made here (and tested in ``tests/test_losses.py``)
   gradient flows through ``d̂`` (the fused op) and the norms. This is the identity
   ``<a, b> = (|a|² + |b|² - |a - b|²)/2``, exact up to rounding (absolute error ``~eps·(|a|²+|b|²)``).
 
+``torch.compile``: the losses trace with ``fullgraph=True`` when the pairs are passed explicitly
+(``loss(X, labels, pairs)``; ``HPHNTripletLoss`` needs none); building them from the labels
+(``positive_pairs(labels, "all")``) has a data-dependent size and costs one graph break.
+
 ``ee_cuda.reference_losses`` holds a pure-PyTorch twin of every loss that materializes all augmented
 points and the full distance and dot-product matrices (the test oracle).
 """
