@@ -7,12 +7,21 @@ the unit sphere (spec §2; the paper's "L2 normalization", ``False`` is its abla
 themselves are used as given: normalize them in the model (as the official code does) if you want the
 paper's setup.
 
+Usage::
+
+    loss_fn = ee_cuda.losses.MultiSimilarityLoss(n_inner_pts=2)            # EE with 2 synthetic points
+    loss = loss_fn(F.normalize(model(images), dim=1), labels)               # pairs: all same-label pairs
+    hphn = ee_cuda.losses.HPHNTripletLoss(margin=0.2, n_inner_pts=2)        # batches in the adjacent layout
+
 Notation (spec §1, §5): for a positive pair ``p = (i, j)``, ``d_p = ||x_i - x_j||`` and
 ``s_p = <x_i, x_j>``; for a pair ``q`` of another label, ``d̂_pq`` is the distance of the hardest negative
 pair between the augmented sets of ``p`` and ``q`` (``ee_cuda.hard_negative_pairs``: the minimum over the
 ``T² = (n+2)²`` point pairs), ``ŝ_pq`` the dot product of that same pair of points; ``N(p)`` is the set of
-pairs of other labels. The paper (Ko & Gu, CVPR 2020, Sec. 3, "hard negative pair mining" and the four
-losses with EE) replaces each negative term of a loss by the hardest of the ``T²`` negative pairs.
+pairs of other labels. The paper (Ko & Gu, CVPR 2020, Sec. 3: synthetic point generation, hard negative
+pair mining, and the four losses with EE) replaces each negative term of a loss by the hardest of the
+``T²`` negative point pairs between two augmented sets. The formulas below are spec §5's, which pins the
+paper's down (its equations are cited by section here, not by number); where the spec or the paper
+leave a choice, the docstring says "package choice".
 
 Choices the spec leaves open, made here (and tested in ``tests/test_losses.py``):
 
@@ -288,7 +297,8 @@ class _PairLoss(EELoss):
 
 
 class TripletLoss(_PairLoss):
-    r"""Triplet loss with EE hard negative pair mining (spec §5; the paper's triplet loss with EE).
+    r"""Triplet loss with EE hard negative pair mining (spec §5; the paper's triplet loss with EE, Sec. 3,
+    on Schroff et al. 2015).
 
     ``TripletLoss(margin=0.2, n_inner_pts=0, l2_norm=True, reduction="mean", pairs="all")``
 
@@ -319,7 +329,8 @@ class TripletLoss(_PairLoss):
 
 
 class LiftedStructureLoss(_PairLoss):
-    r"""Lifted structured loss with EE hard negative pair mining (spec §5).
+    r"""Lifted structured loss with EE hard negative pair mining (spec §5; the paper's lifted structure
+    loss with EE, Sec. 3, on Song et al. 2016).
 
     ``LiftedStructureLoss(margin=1.0, n_inner_pts=0, l2_norm=True, reduction="mean", pairs="all")``
 
@@ -346,7 +357,8 @@ class LiftedStructureLoss(_PairLoss):
 
 
 class NPairLoss(_PairLoss):
-    r"""N-pair loss with EE hard negative pair mining (spec §5).
+    r"""N-pair loss with EE hard negative pair mining (spec §5; the paper's N-pair loss with EE, Sec. 3,
+    on Sohn 2016).
 
     ``NPairLoss(n_inner_pts=0, l2_norm=True, reduction="mean", pairs="all")``
 
@@ -373,7 +385,8 @@ class NPairLoss(_PairLoss):
 
 
 class MultiSimilarityLoss(_PairLoss):
-    r"""Multi-similarity loss with EE hard negative pair mining (spec §5).
+    r"""Multi-similarity loss with EE hard negative pair mining (spec §5; the paper's MS loss with EE,
+    Sec. 3, on Wang et al. 2019).
 
     ``MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5, n_inner_pts=0, l2_norm=True, reduction="mean",
     pairs="all")``
