@@ -391,15 +391,16 @@ def _saved_tensor_bytes(fn) -> int:
 
 
 def exp8_cost(ctx: Context) -> dict:
-    """Training time and memory of one step by n (ablation dataset's batch shape, fresh network).
+    """Training time and memory of one step by n (ablation dataset's batch shape, fresh network), with
+    the fused ops and with the plain pure-PyTorch reference (materialized points and distances).
 
     Time: seconds per training iteration (forward, loss, backward, Adam step), median over
     ``cost_iters`` after one warm-up, times iterations per epoch = seconds per epoch; and the loss alone
     (forward + backward on fixed embeddings). Memory: bytes autograd keeps for backward (network +
-    loss), and on CUDA the peak allocated memory of a step.
+    loss, and loss alone; transient workspace inside a kernel is not counted), and on CUDA the peak
+    allocated memory of a step.
     """
     from .data import PKSampler
-    from .models import EmbeddingNet
 
     cfg = ctx.cfg
     ds = cfg.ablation_dataset
@@ -409,64 +410,82 @@ def exp8_cost(ctx: Context) -> dict:
     P = min(rc.P, int(d.y_train.unique().numel()))
     batch = next(iter(PKSampler(d.y_train, P, rc.K, 1, seed=0)))
     xb, yb = d.x_train[batch].to(device), d.y_train[batch].to(device)
+    from . import build_info, use_backend
+    fused_ok = bool(build_info().get("cuda" if device.startswith("cuda") else "cpu"))
+    backends = ("fused", "reference") if fused_ok else ("reference",)
     rows = []
-    for loss_name in cfg.cost_losses:
-        for n in cfg.cost_ns:
-            torch.manual_seed(0)
-            model = EmbeddingNet(cfg.embedding_dim, cfg.width).to(device)
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-            loss_fn = make_loss(loss_name, n)
-            step_times, loss_times = [], []
-            peak = None
-            for it in range(cfg.cost_iters + 1):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                t0 = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    loss, saved = _saved_tensor_bytes(lambda: loss_fn(model(xb), yb))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                    peak = torch.cuda.max_memory_allocated()
-                t1 = time.perf_counter()
-                emb = model(xb).detach().requires_grad_()
-                t2 = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    lonly, loss_saved = _saved_tensor_bytes(lambda: loss_fn(emb, yb))
-                lonly.backward()
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t3 = time.perf_counter()
-                if it > 0:
-                    step_times.append(t1 - t0)
-                    loss_times.append(t3 - t2)
-            sec = float(np.median(step_times))
-            rows.append({"loss": loss_name, "n_inner": n, "batch": len(batch),
-                         "seconds_per_iteration": sec, "seconds_per_epoch": sec * rc.iters_per_epoch,
-                         "loss_ms": 1e3 * float(np.median(loss_times)), "saved_bytes_step": saved,
-                         "saved_bytes_loss": loss_saved, "cuda_peak_bytes": peak})
-    from . import build_info
+    for backend in backends:
+        for loss_name in cfg.cost_losses:
+            for n in cfg.cost_ns:
+                with use_backend(backend):
+                    rows.append(_cost_row(cfg, rc, loss_name, n, xb, yb, device, backend))
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for loss_name in cfg.cost_losses:
-        rr = [r for r in rows if r["loss"] == loss_name]
-        ns = [r["n_inner"] for r in rr]
-        axes[0].plot(ns, [r["seconds_per_epoch"] for r in rr], "-o", label=f"{LOSS_TITLES[loss_name]}: step")
-        axes[1].plot(ns, [r["saved_bytes_step"] / 2 ** 20 for r in rr], "-o", label=f"{LOSS_TITLES[loss_name]}: step")
-        axes[1].plot(ns, [r["saved_bytes_loss"] / 2 ** 20 for r in rr], "--s", label=f"{LOSS_TITLES[loss_name]}: loss only")
-    axes[0].set_ylabel(f"seconds per epoch ({rc.iters_per_epoch} iterations)")
-    axes[1].set_ylabel("memory saved for backward (MiB)")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for c, loss_name in enumerate(cfg.cost_losses):
+        for backend in backends:
+            rr = [r for r in rows if r["loss"] == loss_name and r["backend"] == backend]
+            ns = [r["n_inner"] for r in rr]
+            style = "-o" if backend == "fused" else "--s"
+            lab = f"{LOSS_TITLES[loss_name]} ({backend})"
+            axes[0].plot(ns, [r["seconds_per_epoch"] for r in rr], style, color=colors[c], label=lab)
+            axes[1].plot(ns, [r["loss_ms"] for r in rr], style, color=colors[c], label=lab)
+            axes[2].plot(ns, [r["saved_bytes_loss"] / 2 ** 20 for r in rr], style, color=colors[c], label=lab)
+    axes[0].set_ylabel(f"training s / epoch ({rc.iters_per_epoch} iterations)")
+    axes[1].set_ylabel("loss forward + backward (ms)")
+    axes[2].set_ylabel("loss: memory saved for backward (MiB)")
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("synthetic points per pair n (0 = no EE)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"Cost by n on {device} (batch {len(batch)}, {ds})")
+    fig.suptitle(f"Cost by n on {device} (batch {len(batch)}, {ds}); solid: fused ops, dashed: reference")
     return ctx.write("exp8_cost", {"dataset": ds, "device": device, "iters_per_epoch": rc.iters_per_epoch,
+                                   "backends": list(backends),
                                    "threads": torch.get_num_threads(), "build_info": build_info(), "rows": rows}, fig)
+
+
+def _cost_row(cfg, rc, loss_name, n, xb, yb, device, backend) -> dict:
+    from .models import EmbeddingNet
+
+    torch.manual_seed(0)
+    model = EmbeddingNet(cfg.embedding_dim, cfg.width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = make_loss(loss_name, n)
+    step_times, loss_times = [], []
+    peak = None
+    for it in range(cfg.cost_iters + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            loss, saved = _saved_tensor_bytes(lambda: loss_fn(model(xb), yb))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        t1 = time.perf_counter()
+        emb = model(xb).detach().requires_grad_()
+        t2 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lonly, loss_saved = _saved_tensor_bytes(lambda: loss_fn(emb, yb))
+        lonly.backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        if it > 0:
+            step_times.append(t1 - t0)
+            loss_times.append(t3 - t2)
+    sec = float(np.median(step_times))
+    return {"loss": loss_name, "n_inner": n, "backend": backend, "batch": int(len(yb)),
+            "seconds_per_iteration": sec, "seconds_per_epoch": sec * rc.iters_per_epoch,
+            "loss_ms": 1e3 * float(np.median(loss_times)), "saved_bytes_step": saved,
+            "saved_bytes_loss": loss_saved, "cuda_peak_bytes": peak}
 
 
 EXPERIMENTS = {1: exp1_losses, 2: exp2_synthetic_labels, 3: exp3_l2_norm, 4: exp4_n_sweep,

@@ -10,8 +10,10 @@ __all__ = ["EmbeddingNet"]
 
 class EmbeddingNet(nn.Module):
     """Three conv-BN-ReLU blocks (the first two max-pooled), 2x2 adaptive average pooling, a linear
-    layer to ``dim`` and L2 normalization: embeddings lie on the unit hypersphere, as EE assumes.
-    Works for any input side >= 4 (8x8 digits, 16x16 glyphs)."""
+    layer to ``dim``, batch normalization and L2 normalization: embeddings lie on the unit hypersphere, as
+    EE assumes. The BatchNorm before the normalization spreads the embeddings of a randomly initialized
+    network over the sphere; without it hardest-negative triplet losses collapse from scratch (every
+    distance near 0, loss stuck at the margin). Works for any input side >= 4 (8x8 digits, 16x16 glyphs)."""
 
     def __init__(self, dim: int = 64, width: int = 32, in_channels: int = 1):
         super().__init__()
@@ -23,6 +25,7 @@ class EmbeddingNet(nn.Module):
         self.features = nn.Sequential(*block(in_channels, w), nn.MaxPool2d(2), *block(w, 2 * w), nn.MaxPool2d(2),
                                       *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(2), nn.Flatten())
         self.head = nn.Linear(16 * w, dim)
+        self.bn = nn.BatchNorm1d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.features(x)), dim=1)
+        return F.normalize(self.bn(self.head(self.features(x))), dim=1)
