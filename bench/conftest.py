@@ -1,0 +1,290 @@
+"""pytest-benchmark suite of ee_cuda on the CPU: ``pytest bench/ --benchmark-only``.
+
+Kept out of the default test run: ``pyproject.toml`` sets ``testpaths = ["tests"]``, and the benchmark
+modules are named ``bench_*.py``, collected only by the hook below (when ``bench/`` is given explicitly
+or with ``--benchmark-only``).
+
+Every case (config × target × impl × mode, see ``benchlib``) is planned before the run: the fused
+cases and the Gram floor always run; reference cases run by priority while their estimated cost fits
+``--bench-budget`` seconds (default 640, so the whole run stays near 12 minutes on the project's 2-core
+CPU); a case whose reference would need more than ``--bench-max-gib`` GiB or ``--bench-max-call`` seconds
+per call is skipped as "OOM/over budget". Cases run in priority order. Each case:
+
+1. checks correctness before timing: the case's output (and ``dX`` for forward+backward) is compared
+   with the fused result on the same inputs (``benchlib.compare``); the first call is also the warm-up
+   (and the compilation, for ``compiled``). A reference call predicted over 3 s gets no separate warm-up:
+   its single timed call is checked afterwards;
+2. measures the peak extra memory of one call (``benchlib.RSSMeter``: high-water mark of the resident
+   set above the baseline, reset through ``/proc/self/clear_refs``);
+3. times rounds with ``benchmark.pedantic`` (median reported).
+
+All outcomes, skips included (with the reason), go to a JSON file next to ``--benchmark-json``
+(``<name>.cases.json``) or to ``--bench-cases-json``; ``python bench/report.py`` turns both into
+``docs/benchmarks.md`` and the plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+try:
+    import ee_cuda  # noqa: F401
+except ImportError:  # not installed: use the source tree
+    sys.path.insert(0, ROOT)
+
+import benchlib as bl  # noqa: E402
+
+_STATE = {"plan": None, "records": {}, "t0": None, "expected": {}, "meter": None, "measured": {}}
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("ee_cuda benchmarks")
+    g.addoption("--bench-budget", type=float, default=640.0,
+                help="seconds of estimated reference time the plan may spend (default 640)")
+    g.addoption("--bench-hard-limit", type=float, default=700.0,
+                help="wall seconds after which optional reference cases are skipped (default 700)")
+    g.addoption("--bench-max-call", type=float, default=45.0,
+                help="skip reference cases whose single call is predicted slower (s)")
+    g.addoption("--bench-max-gib", type=float, default=6.0,
+                help="skip reference cases whose memory is predicted larger (GiB); the machine has 24")
+    g.addoption("--bench-quick", action="store_true", help="tiny shapes, to smoke-test the harness")
+    g.addoption("--bench-workloads", default="W1,W1b,W2", help="comma-separated spec §8 workloads")
+    g.addoption("--bench-no-sweeps", action="store_true", help="only the workloads, no n / B sweeps")
+    g.addoption("--bench-cases-json", default=None,
+                help="where to write every case's outcome (default: next to --benchmark-json)")
+
+
+def _in_bench_run(config):
+    if config.getoption("benchmark_only", False):
+        return True
+    for arg in config.args:
+        path = os.path.abspath(str(arg).split("::")[0])
+        if path == HERE or path.startswith(HERE + os.sep):
+            return True
+    return False
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and _in_bench_run(parent.config):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_configure(config):
+    if not _in_bench_run(config):
+        return
+    if config.getoption("bench_quick"):
+        configs = bl.quick_configs()
+    else:
+        configs = bl.workload_configs([w for w in config.getoption("bench_workloads").split(",") if w], "cpu")
+        if not config.getoption("bench_no_sweeps"):
+            configs += bl.sweep_configs()
+    _STATE["plan"] = bl.build_plan(
+        configs, budget_s=config.getoption("bench_budget"), max_call_s=config.getoption("bench_max_call"),
+        max_bytes=int(config.getoption("bench_max_gib") * 2**30), fused_ok=bl.fused_available("cpu"))
+    _STATE["order"] = {c.id: i for i, c in enumerate(_STATE["plan"])}
+
+
+def pytest_sessionstart(session):
+    _STATE["t0"] = time.monotonic()
+
+
+def pytest_generate_tests(metafunc):
+    if "case" not in metafunc.fixturenames or _STATE["plan"] is None:
+        return
+    kinds = getattr(metafunc.module, "KINDS", ("op", "loss", "gram"))
+    cases = [c for c in _STATE["plan"] if c.kind in kinds]
+    metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run in plan order (priority first) so that a late stop only loses the optional cases."""
+    order = _STATE.get("order") or {}
+
+    def key(item):
+        cs = getattr(item, "callspec", None)
+        case = cs.params.get("case") if cs is not None else None
+        return order.get(case.id, len(order)) if case is not None else -1
+    items.sort(key=key)
+
+
+def _cases_json_path(config):
+    path = config.getoption("bench_cases_json")
+    if path:
+        return path
+    bj = config.getoption("benchmark_json", None)
+    name = getattr(bj, "name", bj) if bj is not None and not isinstance(bj, os.PathLike) else bj
+    if name:
+        root, _ = os.path.splitext(os.fspath(name))
+        return root + ".cases.json"
+    return os.path.join(ROOT, ".benchmarks", "cases.json")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _STATE["plan"] is None:
+        return
+    config = session.config
+    records = []
+    for case in _STATE["plan"]:
+        rec = case.record()
+        rec.update(_STATE["records"].get(case.id, {"status": "not run" if not case.skip else "skipped",
+                                                  "reason": case.skip}))
+        records.append(rec)
+    out = {"machine": bl.machine_info("cpu"), "elapsed_s": round(time.monotonic() - (_STATE["t0"] or 0), 1),
+           "options": {k: config.getoption(k) for k in ("bench_budget", "bench_hard_limit", "bench_max_call",
+                                                       "bench_max_gib", "bench_quick", "bench_workloads",
+                                                       "bench_no_sweeps")},
+           "cases": records}
+    out["machine"]["command"] = "pytest " + " ".join(str(a) for a in config.invocation_params.args)
+    path = _cases_json_path(config)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, default=str)
+
+
+# ------------------------------------------------------------------------------------------------
+# The case runner
+# ------------------------------------------------------------------------------------------------
+
+def _expected(cfg, target):
+    """Fused forward+backward snapshot of a (config, target): the reference every case is checked against."""
+    key = (cfg.key(), target)
+    if key not in _STATE["expected"]:
+        ok, _ = bl.fused_available("cpu")
+        if not ok or target == "gram":
+            _STATE["expected"][key] = None
+        else:
+            X, labels, pairs, grad = bl.setup_case(cfg, target)
+            fn = bl.build_fn(cfg, target, "fused", labels, pairs)
+            step, _ = bl.make_step(cfg, target, "fwdbwd", fn, X, grad)
+            _STATE["expected"][key] = bl.snapshot(step())
+    return _STATE["expected"][key]
+
+
+def _record(case, **kw):
+    _STATE["records"][case.id] = kw
+
+
+def _skip(case, reason):
+    _record(case, status="skipped", reason=reason)
+    pytest.skip(reason)
+
+
+def _is_oom(exc):
+    msg = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in msg or "out of memory" in msg.lower()
+
+
+def run_case(benchmark, case, request):
+    config = request.config
+    if case.skip:
+        _skip(case, case.skip)
+    elapsed = time.monotonic() - _STATE["t0"]
+    hard = config.getoption("bench_hard_limit")
+    if case.priority > bl.REQUIRED_PRIORITY and elapsed + case.est_s > hard:
+        _skip(case, f"skipped: session time budget exhausted ({elapsed:.0f} s elapsed, "
+                    f"~{case.est_s:.0f} s needed, limit {hard:.0f} s)")
+    if _STATE["meter"] is None:
+        _STATE["meter"] = bl.RSSMeter()
+    meter = _STATE["meter"]
+    try:
+        _run(benchmark, case, meter)
+    except pytest.skip.Exception:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if _is_oom(exc):
+            _skip(case, f"skipped: OOM ({str(exc).splitlines()[0][:120]})")
+        _record(case, status="error", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        raise
+    finally:
+        if case.impl == "compiled":
+            torch._dynamo.reset()
+
+
+def _run(benchmark, case, meter):
+    cfg, target, impl, mode = case.cfg, case.target, case.impl, case.mode
+    X, labels, pairs, grad = bl.setup_case(cfg, target)
+    if impl == "compiled":
+        torch._dynamo.reset()
+    fn = bl.build_fn(cfg, target, "eager" if impl == "torch" else impl, labels, pairs)
+    step, _ = bl.make_step(cfg, target, mode, fn, X, grad)
+    expected = None if impl == "fused" and mode == "fwdbwd" else _expected(cfg, target)
+    est = bl.est_ref_seconds(cfg, target, mode) if impl in ("eager", "compiled") else 0.0
+    slow_eager = impl == "eager" and est > bl.SLOW_CALL_S
+    info = {"checked": False}
+
+    def check(result):
+        if expected is not None:
+            info.update(bl.compare(expected, bl.snapshot(result), target, mode))
+            info["checked"] = True
+
+    t_first = None
+    if not slow_eager:
+        t = time.perf_counter()
+        res = step()
+        t_first = time.perf_counter() - t
+        check(res)
+        del res
+        t_call = t_first
+        if impl == "compiled":
+            t_call = _STATE["measured"].get((case.cfg.key(), target, mode, "eager"), est)
+            if t_call <= 2.0:
+                t = time.perf_counter()
+                step()
+                t_call = time.perf_counter() - t
+    else:
+        t_call = est
+    rounds, iterations = bl.timing_plan(t_call, impl)
+    peak = {"bytes": None}
+    if iterations > 1 or t_call < 0.5:
+        meter.start()
+        step()
+        peak["bytes"] = meter.stop()
+        setup = None
+    else:
+        def setup():
+            b = meter.stop() if meter.base is not None else None
+            if b is not None:
+                peak["bytes"] = max(peak["bytes"] or 0, b)
+            meter.start()
+        meter.base = None
+    benchmark.group = f"{cfg.label()} {target} {mode}"
+    benchmark.name = case.id
+    if setup is None:
+        result = benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    else:
+        result = benchmark.pedantic(step, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+        b = meter.stop()
+        if b is not None:
+            peak["bytes"] = max(peak["bytes"] or 0, b)
+        meter.base = None
+    if slow_eager:
+        check(result)
+    del result
+    stats = getattr(benchmark, "stats", None)
+    median = None
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        median = stats.stats.median
+        _STATE["measured"][(cfg.key(), target, mode, impl)] = median
+    budget = bl.fused_budget_bytes(cfg, target, mode)
+    extra = dict(case.record(), rounds=rounds, iterations=iterations,
+                 first_call_s=t_first, peak_bytes=peak["bytes"], budget_bytes=budget,
+                 est_ref_s=est, **info)
+    benchmark.extra_info.update(extra)
+    _record(case, status="ok", median_s=median, **{k: v for k, v in extra.items() if k not in case.record()})
+
+
+@pytest.fixture
+def bench_case(benchmark, request):
+    def go(case):
+        run_case(benchmark, case, request)
+    return go
