@@ -33,7 +33,7 @@ class ReproConfig:
     n_inner: int = 2                     # synthetic points per pair for "with EE"
     seeds: tuple = (0, 1, 2)             # main table (experiment 1)
     ablation_seeds: tuple = (0,)         # experiments 3 and 4
-    epochs: dict = field(default_factory=lambda: {"digits": 6, "fonts": 8})
+    epochs: dict = field(default_factory=lambda: {"digits": 5, "fonts": 10})
     iters_per_epoch: dict = field(default_factory=lambda: {"digits": 20, "fonts": 20})
     batch: dict = field(default_factory=lambda: {"digits": (5, 8), "fonts": (16, 4)})  # P classes x K
     ablation_dataset: str = "fonts"      # experiments 3, 4, 6 and 8
