@@ -175,7 +175,7 @@ def write_report(out_dir: str) -> str:
               f"{', ' + info['device_name'] if info.get('device_name') else ''}).",
               f"- torch {info['torch']}, Python {info['python']}; ee_cuda ops backend: `{bi.get('backend')}` "
               f"(fused CPU kernels: {bi.get('cpu')}, fused CUDA kernels: {bi.get('cuda')}).",
-              f"- Per experiment (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in info["experiment_seconds"].items())
+              "- Per experiment (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in info["experiment_seconds"].items())
               + " (runs are shared between experiments; a run is timed where it is first trained)."]
     e1 = _load(out_dir, "exp1_losses")
     if cfg:
@@ -183,7 +183,7 @@ def write_report(out_dir: str) -> str:
               f"- Network (`ee_cuda.models.EmbeddingNet`, trained from scratch): 3 conv-BN-ReLU blocks (width "
               f"{cfg['width']}), a linear layer to {cfg['embedding_dim']} dimensions, BatchNorm and L2 normalization; "
               f"Adam, learning rate {cfg['lr']}.",
-              f"- Training: " + "; ".join(f"{d}: {cfg['epochs'][d]} epochs x {cfg['iters_per_epoch'][d]} iterations, "
+              "- Training: " + "; ".join(f"{d}: {cfg['epochs'][d]} epochs x {cfg['iters_per_epoch'][d]} iterations, "
                                           f"batches of {cfg['batch'][d][0]} classes x {cfg['batch'][d][1]} images"
                                           for d in cfg["datasets"]) + ".",
               f"- EE: n = {cfg['n_inner']} synthetic points per positive pair, L2-normalized. Main table: "

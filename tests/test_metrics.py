@@ -1,7 +1,6 @@
 """Tests of ee_cuda.metrics (spec §6): against scikit-learn, brute force, the review's worked example and
 pytorch-metric-learning. Inputs are drawn fresh on every run."""
 import itertools
-import math
 
 import numpy as np
 import pytest
