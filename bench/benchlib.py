@@ -370,25 +370,31 @@ def fused_budget_bytes(cfg, target, mode, dtype_bytes=4) -> int:
 class RSSMeter:
     """Peak resident-set growth of this process during a block (CPU; catches native allocations).
 
-    ``start()`` resets the kernel's high-water mark (``/proc/self/clear_refs`` ← 5) and records the
-    current RSS; ``stop()`` returns ``VmHWM - baseline`` in bytes. glibc's dynamic mmap threshold is pinned
-    (``mallopt``) so that freed large blocks go back to the OS and a later allocation of the same size is
-    counted again rather than served from a cache the baseline already holds.
+    ``start()`` returns free heap memory to the OS (``malloc_trim``), resets the kernel's high-water mark
+    (``/proc/self/clear_refs`` <- 5) and records the current RSS; ``stop()`` returns ``VmHWM - baseline``
+    in bytes. glibc's mmap threshold is pinned (``mallopt``): at 32 MiB while timing (the value its dynamic
+    threshold settles at), at 64 KiB between ``start`` and ``stop`` so that every block of 64 KiB or more
+    is a fresh mapping that the high-water mark sees, not memory reused from a cache the baseline holds.
+    Resolution: a page; blocks under 64 KiB served from already-resident heap are not counted.
     """
 
-    _configured = False
+    _libc = None
+    M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1
+    TIMING_THRESHOLD, MEASURE_THRESHOLD = 32 * 2**20, 64 * 2**10
 
     def __init__(self):
         self.ok = os.path.exists("/proc/self/clear_refs")
-        if self.ok and not RSSMeter._configured:
-            RSSMeter._configured = True
+        if self.ok and RSSMeter._libc is None:
             try:
-                libc = ctypes.CDLL("libc.so.6")
-                libc.mallopt(-3, 256 * 1024)   # M_MMAP_THRESHOLD (also disables the dynamic threshold)
-                libc.mallopt(-1, 256 * 1024)   # M_TRIM_THRESHOLD
+                RSSMeter._libc = ctypes.CDLL("libc.so.6")
+                self._mallopt(self.TIMING_THRESHOLD)
             except OSError:
-                pass
+                RSSMeter._libc = False
         self.base = None
+
+    def _mallopt(self, threshold):
+        if self._libc:
+            self._libc.mallopt(self.M_MMAP_THRESHOLD, threshold)
 
     @staticmethod
     def _status():
@@ -403,6 +409,9 @@ class RSSMeter:
     def start(self):
         if not self.ok:
             return
+        self._mallopt(self.MEASURE_THRESHOLD)
+        if self._libc:
+            self._libc.malloc_trim(0)
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -414,7 +423,9 @@ class RSSMeter:
     def stop(self):
         if not self.ok or self.base is None:
             return None
-        return max(0, self._status()["VmHWM"] - self.base)
+        peak = max(0, self._status()["VmHWM"] - self.base)
+        self._mallopt(self.TIMING_THRESHOLD)
+        return peak
 
 
 class CudaMeter:
@@ -523,10 +534,13 @@ class Case:
 
 def timing_plan(t_call, impl):
     """(rounds, iterations) from the seconds one call takes: about 1 s per fused case, 3 s per
-    reference case, at least 3 rounds where that fits, 1 round for calls over 3 s."""
+    reference case, at least 3 rounds where that fits (2 for fused calls over 0.7 s), 1 round for
+    reference calls over 3 s."""
     if impl in ("fused", "torch"):
         iterations = max(1, int(0.005 / max(t_call, 1e-7)))
         rounds = int(min(30, max(3, 1.0 / max(t_call * iterations, 1e-7))))
+        if t_call > 0.4:
+            rounds = int(min(3, max(2, 2.0 / t_call)))
         return rounds, iterations
     rounds = int(min(10, max(1, 3.0 / max(t_call, 1e-7))))
     return rounds, 1

@@ -59,6 +59,7 @@ def pytest_addoption(parser):
     g.addoption("--bench-quick", action="store_true", help="tiny shapes, to smoke-test the harness")
     g.addoption("--bench-workloads", default="W1,W1b,W2", help="comma-separated spec §8 workloads")
     g.addoption("--bench-no-sweeps", action="store_true", help="only the workloads, no n / B sweeps")
+    g.addoption("--bench-impls", default="fused,eager,compiled", help="comma-separated implementations")
     g.addoption("--bench-cases-json", default=None,
                 help="where to write every case's outcome (default: next to --benchmark-json)")
 
@@ -88,8 +89,9 @@ def pytest_configure(config):
         configs = bl.workload_configs([w for w in config.getoption("bench_workloads").split(",") if w], "cpu")
         if not config.getoption("bench_no_sweeps"):
             configs += bl.sweep_configs()
+    impls = tuple(i for i in config.getoption("bench_impls").split(",") if i)
     _STATE["plan"] = bl.build_plan(
-        configs, budget_s=config.getoption("bench_budget"), max_call_s=config.getoption("bench_max_call"),
+        configs, impls=impls, budget_s=config.getoption("bench_budget"), max_call_s=config.getoption("bench_max_call"),
         max_bytes=int(config.getoption("bench_max_gib") * 2**30), fused_ok=bl.fused_available("cpu"))
     _STATE["order"] = {c.id: i for i, c in enumerate(_STATE["plan"])}
 
@@ -142,7 +144,7 @@ def pytest_sessionfinish(session, exitstatus):
     out = {"machine": bl.machine_info("cpu"), "elapsed_s": round(time.monotonic() - (_STATE["t0"] or 0), 1),
            "options": {k: config.getoption(k) for k in ("bench_budget", "bench_hard_limit", "bench_max_call",
                                                        "bench_max_gib", "bench_quick", "bench_workloads",
-                                                       "bench_no_sweeps")},
+                                                       "bench_no_sweeps", "bench_impls")},
            "cases": records}
     out["machine"]["command"] = "pytest " + " ".join(str(a) for a in config.invocation_params.args)
     path = _cases_json_path(config)
