@@ -145,6 +145,26 @@ def verdict(mean_plain, std_plain, mean_ee, std_ee, k_plain, k_ee):
     return delta, se, t, words
 
 
+def _cells(r):
+    """Metric cells of a row: mean ± std over seeds, or the single value when there is one seed."""
+    one = len(r.get("per_seed", [])) == 1
+    return " | ".join(_pct(r[m + "_mean"]) if one else _pct(r[m + "_mean"], r[m + "_std"]) for m in METRIC_KEYS)
+
+
+def _spread_note(e1, dataset, loss):
+    """A sentence quoting the main table's seed spread of Recall@1 for this dataset and loss."""
+    if not e1:
+        return ""
+    rows = [r for r in e1["rows"] if r["dataset"] == dataset and r["loss"] == loss]
+    if len(rows) < 2:
+        return ""
+    p = next(r for r in rows if not r["ee"])
+    e = next(r for r in rows if r["ee"])
+    return (f" For scale: in experiment 1 ({len(p['per_seed'])} seeds) the seed std of Recall@1 for this dataset and loss "
+            f"is {100 * p['recall@1_std']:.1f} (plain) and {100 * e['recall@1_std']:.1f} (EE) points; single-seed "
+            "differences of that size are noise.")
+
+
 def _load(out_dir, name):
     path = os.path.join(out_dir, name + ".json")
     if not os.path.exists(path):
@@ -255,20 +275,21 @@ def write_report(out_dir: str) -> str:
     e3 = _load(out_dir, "exp3_l2_norm")
     if e3:
         L += ["## 3. L2 normalization of synthetic points", "",
-              f"`{e3['dataset']}`, {LOSS_TITLES[e3['loss']]} loss, {len(e3['seeds'])} seed(s) (mean ± std where > 1):", "",
+              f"`{e3['dataset']}`, {LOSS_TITLES[e3['loss']]} loss, {len(e3['seeds'])} seed(s)"
+              + (" (mean ± std)." if len(e3["seeds"]) > 1 else ".") + _spread_note(e1, e3["dataset"], e3["loss"]), "",
               "| variant | NMI | F1 | R@1 | R@2 | R@4 | R@8 |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in e3["rows"]:
-            L += [f"| {r['variant']} | " + " | ".join(_pct(r[m + '_mean'], r[m + '_std']) for m in METRIC_KEYS) + " |"]
+            L += [f"| {r['variant']} | " + _cells(r) + " |"]
         _fig(L, out_dir, "exp3_l2_norm", "L2 normalization on/off")
     e4 = _load(out_dir, "exp4_n_sweep")
     if e4:
         best = max(e4["rows"], key=lambda r: r["recall@1_mean"])
         L += ["## 4. Number of synthetic points n", "",
               f"`{e4['dataset']}`, {LOSS_TITLES[e4['loss']]} loss, {len(e4['seeds'])} seed(s); n = 0 is the plain loss. "
-              f"Best Recall@1 at n = {best['n_inner']}.", "",
+              f"Best Recall@1 at n = {best['n_inner']}." + _spread_note(e1, e4["dataset"], e4["loss"]), "",
               "| n | NMI | F1 | R@1 | R@2 | R@4 | R@8 |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in e4["rows"]:
-            L += [f"| {r['n_inner']} | " + " | ".join(_pct(r[m + '_mean'], r[m + '_std']) for m in METRIC_KEYS) + " |"]
+            L += [f"| {r['n_inner']} | " + _cells(r) + " |"]
         _fig(L, out_dir, "exp4_n_sweep", "Metrics by n")
     e5 = _load(out_dir, "exp5_selection_ratio")
     if e5:
