@@ -60,6 +60,9 @@ def pytest_addoption(parser):
     g.addoption("--bench-workloads", default="W1,W1b,W2", help="comma-separated spec §8 workloads")
     g.addoption("--bench-no-sweeps", action="store_true", help="only the workloads, no n / B sweeps")
     g.addoption("--bench-impls", default="fused,eager,compiled", help="comma-separated implementations")
+    g.addoption("--bench-threads", type=int, default=1,
+                help="torch threads (default 1: on this shared 2-core machine a second OpenMP thread stalls "
+                     "on the busy core and small ops take 10-50x longer; 0 = torch's default)")
     g.addoption("--bench-cases-json", default=None,
                 help="where to write every case's outcome (default: next to --benchmark-json)")
 
@@ -83,6 +86,10 @@ def pytest_collect_file(file_path, parent):
 def pytest_configure(config):
     if not _in_bench_run(config):
         return
+    threads = config.getoption("bench_threads")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    _STATE["load_start"] = os.getloadavg()
     if config.getoption("bench_quick"):
         configs = bl.quick_configs()
     else:
@@ -144,9 +151,11 @@ def pytest_sessionfinish(session, exitstatus):
     out = {"machine": bl.machine_info("cpu"), "elapsed_s": round(time.monotonic() - (_STATE["t0"] or 0), 1),
            "options": {k: config.getoption(k) for k in ("bench_budget", "bench_hard_limit", "bench_max_call",
                                                        "bench_max_gib", "bench_quick", "bench_workloads",
-                                                       "bench_no_sweeps", "bench_impls")},
+                                                       "bench_no_sweeps", "bench_impls", "bench_threads")},
            "cases": records}
     out["machine"]["command"] = "pytest " + " ".join(str(a) for a in config.invocation_params.args)
+    out["machine"]["loadavg_start"] = [round(x, 2) for x in _STATE.get("load_start", ())]
+    out["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     path = _cases_json_path(config)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

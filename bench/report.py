@@ -355,6 +355,10 @@ def gpu_section(path):
     return "\n".join(out)
 
 
+def _load(x):
+    return "/".join(f"{v:.1f}" for v in x) if x else "?"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench-json", default=os.path.join(ROOT, "docs", "benchmarks", "cpu.json"))
@@ -402,9 +406,14 @@ def main(argv=None):
         "python bench/report.py",
         "```",
         "",
-        f"- Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count')} cores ({m.get('torch_threads')} torch threads), "
-        f"{m.get('mem_total_gib')} GiB RAM, {m.get('platform')}; shared with other jobs, so single timings are noisy "
-        f"— the ratios are medians measured side by side in the same run.",
+        f"- Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count')} cores, {m.get('mem_total_gib')} GiB RAM, "
+        f"{m.get('platform')}; shared with other jobs (load average {_load(m.get('loadavg_start'))} at the start, "
+        f"{_load(m.get('loadavg_end'))} at the end), so single timings are noisy — the ratios are medians measured "
+        f"side by side in the same run.",
+        f"- Threads: {m.get('torch_threads')} torch thread(s) for every implementation"
+        + (" (`--bench-threads 1`, the default: with a second OpenMP thread on this shared machine every parallel "
+           "region waits for the busy core, and small ops take 10-50× longer)" if m.get('torch_threads') == 1 else "")
+        + ".",
         f"- Software: Python {m.get('python')}, torch {m.get('torch')}; ee_cuda at commit `{m.get('git_commit')}`, "
         f"build_info `cpu={info.get('cpu')}, cuda={info.get('cuda')}`; fused backend forced: "
         f"`{m.get('fused_backend')}`.",
