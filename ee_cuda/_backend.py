@@ -13,12 +13,16 @@ import warnings
 
 import torch
 
-try:
-    from . import _C  # noqa: F401  (loading it registers the ee_cuda:: ops)
-    _IMPORT_ERROR = None
-except ImportError as exc:  # built without the extension, or a broken build
-    _C = None
-    _IMPORT_ERROR = exc
+import importlib.util
+
+if importlib.util.find_spec("ee_cuda._C") is None:
+    _C, _IMPORT_ERROR = None, "it is not built (run `pip install --no-build-isolation -e .`)"
+else:
+    try:
+        from . import _C  # noqa: F401  (loading it registers the ee_cuda:: ops)
+        _IMPORT_ERROR = None
+    except ImportError as exc:  # a broken build, e.g. compiled against another torch
+        _C, _IMPORT_ERROR = None, f"it failed to import: {exc}"
 
 BACKENDS = ("auto", "fused", "reference")
 _forced = "auto"
@@ -36,7 +40,7 @@ _INFO = compiled_info()
 
 def _unavailable_reason(device: torch.device) -> str | None:
     if _C is None:
-        return f"the compiled extension ee_cuda._C could not be imported ({_IMPORT_ERROR})"
+        return f"the compiled extension ee_cuda._C is unavailable: {_IMPORT_ERROR}"
     if device.type == "cpu":
         return None if _INFO["cpu"] else "the extension was built without CPU kernels"
     if device.type == "cuda":

@@ -104,7 +104,9 @@ EE_HD acc_t own_norm_factor(const PointRef<acc_t>& a, bool normalize, acc_t dot)
   const bool synthetic = a.t > 0 && a.t <= a.n;
   if (!synthetic || !normalize) return acc_t(1);        // ||a||^2 = U itself, coefficients constant
   if (a.c.unorm >= acc_t(kNormEps)) return dot / (a.c.unorm * a.c.unorm);  // a = u/|u|: d2 = 2 - 2<a,b>
-  return acc_t(1) / acc_t(kNormEps * kNormEps);         // a = u / eps: ||a||^2 = U / eps^2
+  // a = u / eps: ||a||^2 = U / eps^2, whose gradient 2 w u / eps^2 is exactly 0 at u == 0. There it must
+  // not be spelled as 1e24-sized dG entries that cancel only in exact arithmetic.
+  return a.c.unorm > acc_t(0) ? acc_t(1) / acc_t(kNormEps * kNormEps) : acc_t(0);
 }
 
 // Gradient of dist = ||a - b|| (the forward's value d) with upstream gradient g, as entries of dG where

@@ -50,6 +50,11 @@ EE_HD PairSlab<acc_t> slab_at(void* base, int64_t count, int64_t T) {
   return s;
 }
 
+// A row index made safe to read: the CUDA ops do not read pair indices on the host (that would
+// synchronize), so an invalid row is read as row 0, and its coefficients, which the table kernel sets to
+// NaN, make every result that involves it NaN instead of an out-of-bounds access.
+EE_HD int64_t safe_row(int64_t r, int64_t B) { return r >= 0 && r < B ? r : 0; }
+
 // Copies pairs [first, first + count) into `slab`; thread `tid` of `nthreads` copies its share. Rows past
 // P are left unread.
 template <typename acc_t>
@@ -58,8 +63,8 @@ EE_HD void load_slab(const SearchArgs<acc_t>& a, PairSlab<acc_t> slab, int64_t f
   const int64_t avail = a.P - first < count ? a.P - first : count;
   for (int64_t e = tid; e < avail * a.T; e += nthreads) slab.coef[e] = a.coef[first * a.T + e];
   for (int64_t e = tid; e < avail; e += nthreads) {
-    slab.i[e] = a.pairs[2 * (first + e)];
-    slab.j[e] = a.pairs[2 * (first + e) + 1];
+    slab.i[e] = safe_row(a.pairs[2 * (first + e)], a.B);
+    slab.j[e] = safe_row(a.pairs[2 * (first + e) + 1], a.B);
     slab.label[e] = a.pair_label[first + e];
   }
 }
@@ -169,10 +174,10 @@ EE_HD void point_tile_load(const SearchArgs<acc_t>& a, void* shared, int64_t q0,
 // Output o = p*T + t against the tile of pairs starting at q0; keys are q*T + r.
 template <typename acc_t>
 EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t q0, int64_t o, Best<acc_t>& best) {
-  const int64_t T = a.T, p = o / T, t = o % T, B = a.B;
+  const int64_t T = a.T, p = o / T, B = a.B;
   if (p >= a.P) return;
   const PairSlab<acc_t> s = slab_at<acc_t>(const_cast<void*>(shared), kPointTileQ, T);
-  const int64_t i = a.pairs[2 * p], j = a.pairs[2 * p + 1], label = a.pair_label[p];
+  const int64_t i = safe_row(a.pairs[2 * p], B), j = safe_row(a.pairs[2 * p + 1], B), label = a.pair_label[p];
   const PointCoef<acc_t> at = a.coef[o];
   const acc_t* gi = a.gram + i * B;
   const acc_t* gj = a.gram + j * B;
@@ -202,11 +207,11 @@ EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>&
 // the CPU emulation (tests) adds them in a loop; the CPU kernels use the same terms, owner-computed.
 
 template <typename acc_t>
-EE_HD PointRef<acc_t> point_ref(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t pair, int64_t t,
+EE_HD PointRef<acc_t> point_ref(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t B, int64_t pair, int64_t t,
                                 int64_t T) {
   PointRef<acc_t> r;
-  r.i = pairs[2 * pair];
-  r.j = pairs[2 * pair + 1];
+  r.i = safe_row(pairs[2 * pair], B);
+  r.j = safe_row(pairs[2 * pair + 1], B);
   r.t = t;
   r.n = T - 2;
   r.c = coef[pair * T + t];
@@ -215,20 +220,21 @@ EE_HD PointRef<acc_t> point_ref(const PointCoef<acc_t>* coef, const int64_t* pai
 
 // Output (p, q) of hard_negative_pairs: points a(p, index[pq][0]) and a(q, index[pq][1]).
 template <typename acc_t, typename Emit>
-EE_HD void pair_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t P, int64_t T, bool normalize,
-                             int64_t p, int64_t q, acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
+EE_HD void pair_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t B, int64_t P, int64_t T,
+                             bool normalize, int64_t p, int64_t q, acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
   const int64_t pq = p * P + q, t = index[2 * pq], r = index[2 * pq + 1];
-  if (t < 0 || r < 0) return;
-  distance_grad_terms(point_ref(coef, pairs, p, t, T), point_ref(coef, pairs, q, r, T), normalize, d, g, emit);
+  if (t < 0 || r < 0 || t >= T || r >= T) return;
+  distance_grad_terms(point_ref(coef, pairs, B, p, t, T), point_ref(coef, pairs, B, q, r, T), normalize, d, g, emit);
 }
 
 // Output o = (p, t) of hard_negative_points: points a(p, t) and a(index[o][0], index[o][1]).
 template <typename acc_t, typename Emit>
-EE_HD void point_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t T, bool normalize, int64_t o,
-                              acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
+EE_HD void point_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t B, int64_t P, int64_t T,
+                              bool normalize, int64_t o, acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
   const int64_t q = index[2 * o], r = index[2 * o + 1];
-  if (q < 0 || r < 0) return;
-  distance_grad_terms(point_ref(coef, pairs, o / T, o % T, T), point_ref(coef, pairs, q, r, T), normalize, d, g, emit);
+  if (q < 0 || r < 0 || q >= P || r >= T) return;
+  distance_grad_terms(point_ref(coef, pairs, B, o / T, o % T, T), point_ref(coef, pairs, B, q, r, T), normalize, d, g,
+                      emit);
 }
 
 }  // namespace ee

@@ -158,8 +158,8 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
           const int64_t p = np.pair[e];
           for (int64_t q = 0; q < P; ++q) {
             const int64_t pq = p * P + q, qp = q * P + p;
-            pair_output_terms(c, pr, P, T, normalize, p, q, d[pq], g[pq], idx, keep);
-            pair_output_terms(c, pr, P, T, normalize, q, p, d[qp], g[qp], idx, keep);
+            pair_output_terms(c, pr, B, P, T, normalize, p, q, d[pq], g[pq], idx, keep);
+            pair_output_terms(c, pr, B, P, T, normalize, q, p, d[qp], g[qp], idx, keep);
           }
         }
       }
@@ -201,7 +201,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
         for (int64_t k = d0; k < d1; ++k) yr[k] += v * xc[k];
         for (int64_t k = d0; k < d1; ++k) yc[k] += v * xr[k];
       };
-      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, T, normalize, o, d[o], g[o], idx, apply);
+      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, B, P, T, normalize, o, d[o], g[o], idx, apply);
     });
   });
   return dX.to(X_.scalar_type());
@@ -231,10 +231,10 @@ Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, cons
     acc_t* out = dG.data_ptr<acc_t>();
     auto add = [&](int64_t r, int64_t col, acc_t v) { out[r * B + col] += v; };
     if (points) {
-      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, T, normalize, o, d[o], g[o], idx, add);
+      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, B, P, T, normalize, o, d[o], g[o], idx, add);
     } else {
       for (int64_t p = 0; p < P; ++p)
-        for (int64_t q = 0; q < P; ++q) pair_output_terms(c, pr, P, T, normalize, p, q, d[p * P + q], g[p * P + q], idx, add);
+        for (int64_t q = 0; q < P; ++q) pair_output_terms(c, pr, B, P, T, normalize, p, q, d[p * P + q], g[p * P + q], idx, add);
     }
   });
   return at::mm(dG + dG.t(), X).to(X_.scalar_type());

@@ -1,0 +1,41 @@
+"""Shared fixtures: the devices to run on, and a factory of fresh random op inputs (extension-cpp style)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def make_batch(classes: int, per_class: int, D: int, *, device="cpu", dtype=torch.float64, normalize_rows=True,
+               generator=None, shuffle=False):
+    """Embeddings (classes*per_class, D) and labels in the adjacent layout (rows 2k, 2k+1 share a label
+    when per_class is even); rows L2-normalized by default, as in spec §8."""
+    B = classes * per_class
+    X = torch.randn(B, D, dtype=torch.float64, generator=generator)
+    if normalize_rows:
+        X = torch.nn.functional.normalize(X, dim=1)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    if shuffle:
+        perm = torch.randperm(B, generator=generator)
+        X, labels = X[perm], labels[perm]
+    return X.to(device=device, dtype=dtype), labels.to(device)
+
+
+def sample_inputs(device, dtype=torch.float64, *, n_values=(0, 1, 2, 8), D=8):
+    """Fresh random (X, pairs, labels, n, normalize) over layouts, pair modes, n and normalize."""
+    from ee_cuda import positive_pairs
+    cases = []
+    for classes, per_class in [(2, 2), (3, 4), (5, 2)]:
+        X, labels = make_batch(classes, per_class, D, device=device, dtype=dtype)
+        for mode in ("all", "adjacent"):
+            pairs = positive_pairs(labels, mode)
+            for n in n_values:
+                for normalize in (True, False):
+                    cases.append((X, pairs, labels, n, normalize))
+    return cases

@@ -1,0 +1,58 @@
+"""CUDA-only checks (skipped without a GPU): a spec §8 W3-sized case against the reference in chunks,
+inputs on a non-default device, and the launch count of one op call."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ee_cuda
+from ee_cuda import reference as R
+from conftest import make_batch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+def test_large_case_against_reference_in_chunks():
+    """B = 4096, n = 16 (W3 shape, adjacent pairs), float64: every row checked, 64 pairs at a time."""
+    torch.manual_seed(0)
+    X, labels = make_batch(1024, 4, 64, device="cuda", dtype=torch.float64)
+    pairs = ee_cuda.positive_pairs(labels, "adjacent")
+    n, T, P = 16, 18, pairs.shape[0]
+    dist, index = ee_cuda.hard_negative_pairs(X, pairs, labels, n, backend="fused")
+    pdist, _ = ee_cuda.hard_negative_points(X, pairs, labels, n, backend="fused")
+    A = R.augmented_points(X, pairs, n, True)
+    flat = A.reshape(P * T, -1)
+    plabel = labels[pairs[:, 0]]
+    for start in range(0, P, 64):
+        rows = slice(start, min(P, start + 64))
+        block = torch.cdist(A[rows].reshape(-1, A.shape[-1]), flat).view(-1, T, P, T)
+        negative = plabel[rows, None] != plabel[None, :]
+        ref = block.permute(0, 2, 1, 3).reshape(block.shape[0], P, T * T).min(-1).values
+        ref = torch.where(negative, ref, torch.full_like(ref, float("inf")))
+        torch.testing.assert_close(dist[rows], ref, atol=1e-9, rtol=1e-9)
+        ref_pts = block.masked_fill(~negative[:, None, :, None], float("inf")).reshape(block.shape[0], T, -1).min(-1).values
+        torch.testing.assert_close(pdist[rows], ref_pts, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_non_default_device():
+    X, labels = make_batch(4, 4, 8, device="cuda:1", shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels)
+    d, i = ee_cuda.hard_negative_pairs(X, pairs, labels, 2, backend="fused")
+    assert d.device == X.device
+    d_ref, _ = R.hard_negative_pairs(X, pairs, labels, 2)
+    torch.testing.assert_close(d, d_ref)
+
+
+def test_at_most_three_launches_per_op_call_on_w1():
+    X, labels = make_batch(4, 32, 512, device="cuda", dtype=torch.float32)
+    for mode in ("adjacent", "all"):
+        pairs = ee_cuda.positive_pairs(labels, mode)
+        for op in (torch.ops.ee_cuda.hard_negative_pairs, torch.ops.ee_cuda.hard_negative_points):
+            op(X, pairs, labels, 2, True)
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                op(X, pairs, labels, 2, True)
+                torch.cuda.synchronize()
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            assert len(kernels) <= 3, [e.name for e in kernels]

@@ -1,0 +1,368 @@
+"""Fused ops vs the pure-PyTorch reference (spec §2-§4): values, argmins, gradients, edge cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ee_cuda
+from ee_cuda import reference as R
+from conftest import make_batch, sample_inputs
+
+FUSED = {"backend": "fused"}
+
+
+def tol(dtype):
+    return {torch.float64: 1e-9, torch.float32: 2e-4}[dtype]
+
+
+def point_dist(A, p, t, q, r):
+    """||a(p,t) - a(q,r)|| from materialized points A (P, T, D), elementwise over index tensors."""
+    return (A[p, t] - A[q, r]).double().norm(dim=-1)
+
+
+def check_pairs_output(X, pairs, labels, n, normalize, dist, index, atol):
+    """dist agrees with the reference, and index attains it (ties may legitimately pick another argmin)."""
+    ref_dist, ref_index = R.hard_negative_pairs(X.detach(), pairs, labels, n, normalize)
+    torch.testing.assert_close(dist.double(), ref_dist.double(), atol=atol, rtol=atol)
+    negative = torch.isfinite(ref_dist)
+    assert torch.equal(index[~negative], ref_index[~negative])
+    A = R.augmented_points(X.detach().double(), pairs, n, normalize)
+    P = pairs.shape[0]
+    p, q = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    p, q, idx = p[negative.cpu()], q[negative.cpu()], index[negative].cpu()
+    attained = point_dist(A.cpu(), p, idx[:, 0], q, idx[:, 1])
+    torch.testing.assert_close(attained, ref_dist[negative].double().cpu(), atol=atol, rtol=atol)
+
+
+def check_points_output(X, pairs, labels, n, normalize, dist, index, atol):
+    ref_dist, ref_index = R.hard_negative_points(X.detach(), pairs, labels, n, normalize)
+    torch.testing.assert_close(dist.double(), ref_dist.double(), atol=atol, rtol=atol)
+    found = torch.isfinite(ref_dist)
+    assert torch.equal(index[~found], ref_index[~found])
+    A = R.augmented_points(X.detach().double(), pairs, n, normalize).cpu()
+    P, T = dist.shape
+    p, t = torch.meshgrid(torch.arange(P), torch.arange(T), indexing="ij")
+    f = found.cpu()
+    idx = index.cpu()[f]
+    attained = point_dist(A, p[f], t[f], idx[:, 0], idx[:, 1])
+    torch.testing.assert_close(attained, ref_dist.cpu()[f].double(), atol=atol, rtol=atol)
+
+
+def grads(fn, X, *args, weight=None):
+    Xg = X.detach().clone().requires_grad_()
+    out = fn(Xg, *args)
+    out = out[0] if isinstance(out, tuple) else out
+    w = weight if weight is not None else torch.randn_like(out)
+    masked = torch.where(torch.isfinite(out), out * w, torch.zeros_like(out))
+    (g,) = torch.autograd.grad(masked.sum(), Xg, allow_unused=True)
+    return out, (torch.zeros_like(Xg) if g is None else g), w
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_expand_matches_reference(device, dtype):
+    for X, pairs, labels, n, normalize in sample_inputs(device, dtype, n_values=(0, 1, 2, 8, 16)):
+        out, g, w = grads(lambda x: ee_cuda.expand(x, pairs, n, normalize, **FUSED), X)
+        ref, g_ref, _ = grads(lambda x: R.expand(x, pairs, n, normalize), X, weight=w)
+        assert out.shape == (pairs.shape[0], n, X.shape[1])
+        torch.testing.assert_close(out, ref, atol=tol(dtype), rtol=tol(dtype))
+        torch.testing.assert_close(g, g_ref, atol=10 * tol(dtype), rtol=10 * tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_search_matches_reference(device, dtype, op):
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    check = check_pairs_output if op == "pairs" else check_points_output
+    for X, pairs, labels, n, normalize in sample_inputs(device, dtype, n_values=(0, 1, 2, 8, 16)):
+        (dist, index) = fused(X, pairs, labels, n, normalize, **FUSED)
+        check(X, pairs, labels, n, normalize, dist, index, tol(dtype))
+        _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X)
+        _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, normalize), X, weight=w)
+        torch.testing.assert_close(g, g_ref, atol=20 * tol(dtype), rtol=20 * tol(dtype))
+
+
+@pytest.mark.parametrize("D", [1, 2, 33, 1024])
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_search_dimensions(device, D, op):
+    X, labels = make_batch(4, 4, D, device=device, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels, "all")
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    check = check_pairs_output if op == "pairs" else check_points_output
+    for n in (0, 2):
+        dist, index = fused(X, pairs, labels, n, True, **FUSED)
+        check(X, pairs, labels, n, True, dist, index, 1e-9)
+        _, g, w = grads(lambda x: fused(x, pairs, labels, n, True, **FUSED), X)
+        _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, True), X, weight=w)
+        torch.testing.assert_close(g, g_ref, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("P_classes", [17, 40])
+def test_search_tile_boundaries(device, P_classes):
+    """More pairs than one tile (16 x 16 for pairs, 128 outputs / 32 streamed pairs for points), and
+    counts that are not multiples of the tile sizes."""
+    X, labels = make_batch(P_classes, 2, 6, device=device, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels, "all")
+    for n in (1, 3):
+        d, i = ee_cuda.hard_negative_pairs(X, pairs, labels, n, **FUSED)
+        check_pairs_output(X, pairs, labels, n, True, d, i, 1e-9)
+        d, i = ee_cuda.hard_negative_points(X, pairs, labels, n, **FUSED)
+        check_points_output(X, pairs, labels, n, True, d, i, 1e-9)
+
+
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_cuda_backward_scatter_emulated_on_cpu(op):
+    """The CUDA backward adds every output's dG terms atomically; its per-output function, run serially on
+    the CPU, must give the reference's gradient."""
+    X, labels = make_batch(5, 4, 7, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels, "all")
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    for n, normalize in [(0, True), (2, True), (3, False), (8, True)]:
+        dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
+        _, g_ref, w = grads(lambda x: ref(x, pairs, labels, n, normalize), X)
+        w = torch.where(torch.isfinite(dist), w, torch.zeros_like(w))
+        g = torch.ops.ee_cuda.scatter_backward_emulated(w, X, pairs, dist, index, n, normalize, op == "points")
+        torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-9)
+
+
+def test_single_class_is_all_inf(device):
+    X, labels = make_batch(1, 6, 5, device=device)
+    pairs = ee_cuda.positive_pairs(labels)
+    for fused in (ee_cuda.hard_negative_pairs, ee_cuda.hard_negative_points):
+        dist, index = fused(X, pairs, labels, 2, **FUSED)
+        assert torch.isinf(dist).all() and (index == -1).all()
+        Xg = X.clone().requires_grad_()
+        d, _ = fused(Xg, pairs, labels, 2, **FUSED)
+        (g,) = torch.autograd.grad(torch.where(torch.isfinite(d), d, 0).sum(), Xg)
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+def test_one_pair_and_empty_batch(device):
+    X, labels = make_batch(1, 2, 3, device=device)
+    pairs = ee_cuda.positive_pairs(labels)
+    d, i = ee_cuda.hard_negative_pairs(X, pairs, labels, 3, **FUSED)
+    assert d.shape == (1, 1) and torch.isinf(d).all() and (i == -1).all()
+    assert ee_cuda.expand(X, pairs, 3, **FUSED).shape == (1, 3, 3)
+    X0 = torch.empty(0, 4, dtype=torch.float64, device=device)
+    l0 = torch.empty(0, dtype=torch.long, device=device)
+    p0 = ee_cuda.positive_pairs(l0)
+    assert p0.shape == (0, 2)
+    assert ee_cuda.expand(X0, p0, 2, **FUSED).shape == (0, 2, 4)
+    d, i = ee_cuda.hard_negative_pairs(X0, p0, l0, 2, **FUSED)
+    assert d.shape == (0, 0) and i.shape == (0, 0, 2)
+    d, i = ee_cuda.hard_negative_points(X0, p0, l0, 2, **FUSED)
+    assert d.shape == (0, 4) and i.shape == (0, 4, 2)
+    a, l = ee_cuda.embedding_aug(X0, l0, 2, 3, **FUSED)
+    assert a.shape == (0, 4) and l.shape == (0,)
+
+
+def test_non_contiguous_inputs(device):
+    X, labels = make_batch(4, 4, 10, device=device, shuffle=True)
+    Xt = X.t().contiguous().t()  # same values, column-major strides
+    Xs = torch.cat([X, X], dim=1)[:, ::2]  # strided view
+    pairs = ee_cuda.positive_pairs(labels).flip(1)  # (j, i): a flipped, non-contiguous view
+    assert not Xt.is_contiguous() and not Xs.is_contiguous() and not pairs.is_contiguous()
+    for Xn in (Xt, Xs):
+        for fused in (ee_cuda.hard_negative_pairs, ee_cuda.hard_negative_points):
+            d, i = fused(Xn, pairs, labels, 2, **FUSED)
+            d2, i2 = fused(Xn.contiguous(), pairs.contiguous(), labels, 2, **FUSED)
+            assert torch.equal(d, d2) and torch.equal(i, i2)
+        torch.testing.assert_close(ee_cuda.expand(Xn, pairs, 2, **FUSED), R.expand(Xn, pairs, 2))
+
+
+def test_duplicate_points(device):
+    """Exact duplicates across classes: zero distances, ties; values still match and gradients stay finite."""
+    X, labels = make_batch(3, 4, 5, device=device)
+    X[4] = X[0]   # class 1 holds a copy of a class-0 point
+    X[9] = X[1]
+    X[3] = X[2]   # and a same-class duplicate: a pair whose synthetic points coincide
+    pairs = ee_cuda.positive_pairs(labels)
+    for n in (0, 2):
+        d, i = ee_cuda.hard_negative_pairs(X, pairs, labels, n, **FUSED)
+        check_pairs_output(X, pairs, labels, n, True, d, i, 1e-7)
+        d, i = ee_cuda.hard_negative_points(X, pairs, labels, n, **FUSED)
+        check_points_output(X, pairs, labels, n, True, d, i, 1e-7)
+        for fused in (ee_cuda.hard_negative_pairs, ee_cuda.hard_negative_points):
+            _, g, _ = grads(lambda x: fused(x, pairs, labels, n, True, **FUSED), X)
+            assert torch.isfinite(g).all()
+
+
+def test_near_duplicate_points_float32(device):
+    """Cancellation in |a|^2 + |b|^2 - 2<a,b>: distances of 1e-3 between float32 points stay accurate to
+    float32's own error, and never go negative or NaN."""
+    X, labels = make_batch(2, 4, 64, device=device, dtype=torch.float64)
+    X[4] = torch.nn.functional.normalize(X[0] + 1e-3 * torch.randn_like(X[0]), dim=0)
+    X = X.float()
+    pairs = ee_cuda.positive_pairs(labels)
+    d, i = ee_cuda.hard_negative_points(X, pairs, labels, 2, **FUSED)
+    d64, _ = R.hard_negative_points(X.double(), pairs, labels, 2)
+    assert (d >= 0).all() and torch.isfinite(d).all()
+    torch.testing.assert_close(d.double(), d64, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_antipodal_endpoints(device, n):
+    """x_j = -x_i: for odd n the middle synthetic point is u = 0 exactly, which F.normalize maps to 0.
+    The zero point is equidistant from every unit synthetic point, so the other class's originals get
+    norms 0.5 and 0.7: then the zero point's nearest negative is unique and the gradients comparable
+    (and x_i has norm 1.5, so that its normalized copies differ from the originals)."""
+    X, labels = make_batch(2, 2, 4, device=device)
+    X[0] *= 1.5
+    X[1] = -X[0]
+    X[2] *= 0.5
+    X[3] *= 0.7
+    pairs = ee_cuda.positive_pairs(labels, "adjacent")
+    out = ee_cuda.expand(X, pairs, n, **FUSED)
+    assert torch.equal(out[0, (n + 1) // 2 - 1], torch.zeros_like(out[0, 0]))
+    torch.testing.assert_close(out, R.expand(X, pairs, n))
+    for fused, ref, check in [(ee_cuda.hard_negative_pairs, R.hard_negative_pairs, check_pairs_output),
+                              (ee_cuda.hard_negative_points, R.hard_negative_points, check_points_output)]:
+        d, i = fused(X, pairs, labels, n, **FUSED)
+        check(X, pairs, labels, n, True, d, i, 1e-9)
+        _, g, w = grads(lambda x: fused(x, pairs, labels, n, True, **FUSED), X)
+        _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, True), X, weight=w)
+        torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-7 * float(g_ref.abs().max()))
+
+
+def test_nan_in_nan_out(device):
+    X, labels = make_batch(3, 2, 4, device=device)
+    X[2, 1] = float("nan")
+    pairs = ee_cuda.positive_pairs(labels)
+    d, _ = ee_cuda.hard_negative_pairs(X, pairs, labels, 2, **FUSED)
+    assert torch.isnan(d[0, 1]) and torch.isnan(d[1, 0]) and torch.isnan(d[1, 2])
+    assert torch.isfinite(d[0, 2])
+    d, _ = ee_cuda.hard_negative_points(X, pairs, labels, 2, **FUSED)
+    assert torch.isnan(d).any(dim=1).all()  # every pair has pair 1 among its negatives
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_within_reference_error(device, dtype):
+    """Half inputs accumulate in float32; their error against float64 must be no worse than (a small
+    multiple of) the plain reference's own error in that dtype."""
+    X, labels = make_batch(4, 4, 32, device=device, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels)
+    Xh = X.to(dtype)
+    for fused, ref in [(ee_cuda.hard_negative_pairs, R.hard_negative_pairs),
+                       (ee_cuda.hard_negative_points, R.hard_negative_points)]:
+        exact, _ = ref(Xh.double(), pairs, labels, 2)
+        plain, _ = ref(Xh, pairs, labels, 2)
+        d, _ = fused(Xh, pairs, labels, 2, **FUSED)
+        assert d.dtype == dtype
+        m = torch.isfinite(exact)
+        ref_err = (plain.double() - exact)[m].abs().max()
+        err = (d.double() - exact)[m].abs().max()
+        assert err <= 2 * ref_err + 1e-3, (err, ref_err)
+    out = ee_cuda.expand(Xh, pairs, 2, **FUSED)
+    exact = R.expand(Xh.double(), pairs, 2)
+    assert out.dtype == dtype
+    assert (out.double() - exact).abs().max() <= 2 * (R.expand(Xh, pairs, 2).double() - exact).abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gradcheck(device, normalize):
+    X, labels = make_batch(3, 2, 3, device=device)
+    X = X.requires_grad_()
+    pairs = ee_cuda.positive_pairs(labels)
+    n = 2
+
+    def search(x):
+        d, _ = ee_cuda.hard_negative_pairs(x, pairs, labels, n, normalize, **FUSED)
+        p, _ = ee_cuda.hard_negative_points(x, pairs, labels, n, normalize, **FUSED)
+        return d[torch.isfinite(d)], p
+
+    assert torch.autograd.gradcheck(search, (X,))
+    assert torch.autograd.gradcheck(lambda x: ee_cuda.expand(x, pairs, n, normalize, **FUSED), (X,))
+
+
+def test_opcheck(device):
+    X, labels = make_batch(3, 4, 5, device=device, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels)
+    Xg = X.clone().requires_grad_()
+    ops = torch.ops.ee_cuda
+    for normalize in (True, False):
+        torch.library.opcheck(ops.expand.default, (Xg, pairs, 2, normalize))
+        torch.library.opcheck(ops.hard_negative_pairs.default, (Xg, pairs, labels, 2, normalize))
+        torch.library.opcheck(ops.hard_negative_points.default, (Xg, pairs, labels, 2, normalize))
+    d, i = ops.hard_negative_pairs(X, pairs, labels, 2, True)
+    g = torch.where(torch.isfinite(d), torch.randn_like(d), 0)
+    torch.library.opcheck(ops.hard_negative_pairs_backward.default, (g, X, pairs, d, i, 2, True))
+    d, i = ops.hard_negative_points(X, pairs, labels, 2, True)
+    torch.library.opcheck(ops.hard_negative_points_backward.default, (torch.randn_like(d), X, pairs, d, i, 2, True))
+    torch.library.opcheck(ops.expand_backward.default, (torch.randn(pairs.shape[0], 2, 5, dtype=X.dtype, device=device),
+                                                        X, pairs, 2, True))
+
+
+def test_torch_compile_fullgraph(device):
+    X, labels = make_batch(4, 4, 8, device=device, dtype=torch.float32, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels)
+
+    def loss_fn(x):
+        d, _ = ee_cuda.hard_negative_pairs(x, pairs, labels, 2)
+        p, _ = ee_cuda.hard_negative_points(x, pairs, labels, 2)
+        e = ee_cuda.expand(x, pairs, 2)
+        return torch.where(torch.isfinite(d), d, 0).sum() + p.sum() + e.square().sum()
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    Xa, Xb = X.clone().requires_grad_(), X.clone().requires_grad_()
+    la, lb = compiled(Xa), loss_fn(Xb)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(Xa.grad, Xb.grad)
+
+
+def test_embedding_aug_matches_official_layout(device):
+    """Transcription of the official get_embedding_aug loop (clovaai/embedding-expansion), row by row."""
+    X, labels = make_batch(3, 4, 6, device=device)
+    n = 3
+    B = X.shape[0]
+    swap = [i + 1 if i % 2 == 0 else i - 1 for i in range(B)]
+    rows, labs = [X], [labels]
+    for n_idx in range(n):
+        left = float(n_idx + 1)
+        right = float(n + 1) - left
+        inner = (X[swap] * left + X * right) / float(n + 1)
+        rows.append(torch.nn.functional.normalize(inner, dim=1, eps=1e-12))
+        labs.append(labels)
+    official, official_labels = torch.cat(rows), torch.cat(labs)
+    for backend in ("fused", "reference"):
+        aug, aug_labels = ee_cuda.embedding_aug(X, labels, 4, n, backend=backend)
+        torch.testing.assert_close(aug, official, atol=1e-12, rtol=0)
+        assert torch.equal(aug_labels, official_labels)
+    Xg = X.clone().requires_grad_()
+    Xr = X.clone().requires_grad_()
+    w = torch.randn(B * (n + 1), 6, dtype=X.dtype, device=device)
+    (ee_cuda.embedding_aug(Xg, labels, 4, n, **FUSED)[0] * w).sum().backward()
+    (R.embedding_aug(Xr, labels, 4, n)[0] * w).sum().backward()
+    torch.testing.assert_close(Xg.grad, Xr.grad)
+
+
+def test_positive_pairs():
+    labels = torch.tensor([3, 1, 3, 3, 1, 7])
+    assert ee_cuda.positive_pairs(labels).tolist() == [[0, 2], [0, 3], [1, 4], [2, 3]]
+    labels = torch.randint(0, 5, (40,))
+    pairs = ee_cuda.positive_pairs(labels)
+    expected = [[i, j] for i in range(40) for j in range(i + 1, 40) if labels[i] == labels[j]]
+    assert pairs.tolist() == expected and pairs.dtype == torch.long
+    adj = ee_cuda.positive_pairs(torch.tensor([5, 5, 2, 2]), "adjacent")
+    assert adj.tolist() == [[0, 1], [2, 3]]
+
+
+def test_backend_selection_and_fallback_warning(monkeypatch):
+    X, labels = make_batch(3, 2, 4)
+    pairs = ee_cuda.positive_pairs(labels)
+    with ee_cuda.use_backend("reference"):
+        d_ref, _ = ee_cuda.hard_negative_pairs(X, pairs, labels, 1)
+    d_fused, _ = ee_cuda.hard_negative_pairs(X, pairs, labels, 1, backend="fused")
+    torch.testing.assert_close(d_ref, d_fused)
+    with pytest.raises(ValueError, match="backend"):
+        ee_cuda.expand(X, pairs, 1, backend="fast")
+    from ee_cuda import _backend
+    monkeypatch.setattr(_backend, "_C", None)
+    monkeypatch.setattr(_backend, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
+        ee_cuda.expand(X, pairs, 1)
+    with pytest.raises(RuntimeError, match="backend='fused'"):
+        ee_cuda.expand(X, pairs, 1, backend="fused")
