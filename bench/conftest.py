@@ -105,6 +105,7 @@ def pytest_configure(config):
 
 def pytest_sessionstart(session):
     _STATE["t0"] = time.monotonic()
+    _STATE["config"] = session.config
 
 
 def pytest_generate_tests(metafunc):
@@ -141,7 +142,10 @@ def _cases_json_path(config):
 def pytest_sessionfinish(session, exitstatus):
     if _STATE["plan"] is None:
         return
-    config = session.config
+    _write_cases(session.config)
+
+
+def _write_cases(config):
     records = []
     for case in _STATE["plan"]:
         rec = case.record()
@@ -183,6 +187,18 @@ def _expected(cfg, target):
 
 def _record(case, **kw):
     _STATE["records"][case.id] = kw
+    elapsed = time.monotonic() - _STATE["t0"]
+    med = kw.get("median_s")
+    line = f"{elapsed:7.1f}s {case.id:60s} {kw.get('status')} {'' if med is None else f'{med:.4g}s'} {kw.get('reason') or ''}"
+    try:
+        os.makedirs(os.path.join(ROOT, ".benchmarks"), exist_ok=True)
+        with open(os.path.join(ROOT, ".benchmarks", "progress.log"), "a") as f:
+            f.write(line + "\n")
+        if _STATE.get("config") is not None and time.monotonic() - _STATE.get("last_write", 0) > 30:
+            _STATE["last_write"] = time.monotonic()
+            _write_cases(_STATE["config"])   # partial results survive an interrupted run
+    except OSError:
+        pass
 
 
 def _skip(case, reason):
@@ -244,6 +260,8 @@ def _run(benchmark, case, meter):
         res = step()
         t_first = time.perf_counter() - t
         check(res)
+        if impl == "fused" and mode == "fwdbwd" and target != "gram":
+            _STATE["expected"].setdefault((cfg.key(), target), bl.snapshot(res))
         del res
         t_call = t_first
         if impl == "compiled":

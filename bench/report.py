@@ -348,9 +348,9 @@ def gpu_section(path):
     launches = g.get("launches")
     if launches:
         out += ["", "Kernel launches per op call on W1 (torch.profiler; target ≤ 3 per op call):", "",
-                "| op | pairs | mode | kernels / call | memset+memcpy / call |", "|---|---|---|---|---|"]
+                "| op | pairs | mode | entry | kernels / call | memset+memcpy / call |", "|---|---|---|---|---|---|"]
         for L in launches:
-            out.append(f"| {SHORT.get(L['target'], L['target'])} | {L['pairs']} | {L['mode']} | "
+            out.append(f"| {SHORT.get(L['target'], L['target'])} | {L['pairs']} | {L['mode']} | {L.get('entry', '')} | "
                        f"{L['kernels_per_call']:.1f} | {L['other_per_call']:.1f} |")
     return "\n".join(out)
 
