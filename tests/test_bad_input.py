@@ -95,6 +95,10 @@ def test_raw_ops_check_their_arguments(batch):
         ops.hard_negative_pairs(X, pairs + 50, labels, 2, True)
     with pytest.raises(IndexError, match="pairs holds indices outside"):
         ops.expand(X, pairs - 50, 2, True)
+    with pytest.raises(ValueError, match="X has no rows"):
+        ops.hard_negative_pairs(X[:0], pairs, labels[:0], 2, True)
+    with pytest.raises(ValueError, match="X has no rows"):
+        ops.expand(X[:0], pairs, 2, True)
     d, i = ops.hard_negative_pairs(X, pairs, labels, 2, True)
     with pytest.raises(ValueError, match="index must have shape"):
         ops.hard_negative_pairs_backward(d, X, pairs, d, i[..., :1], 2, True)

@@ -95,7 +95,9 @@ def test_search_dimensions(device, D, op):
         check(X, pairs, labels, n, True, dist, index, 1e-9)
         _, g, w = grads(lambda x: fused(x, pairs, labels, n, True, **FUSED), X)
         _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, True), X, weight=w)
-        torch.testing.assert_close(g, g_ref, atol=1e-8, rtol=1e-8)
+        # In low D random points nearly tie more often; a near-tie picks between minima whose gradients
+        # differ by ~1e-8, so the bound is looser than rounding alone.
+        torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("P_classes", [17, 40])
@@ -202,9 +204,10 @@ def test_near_duplicate_points_float32(device):
     torch.testing.assert_close(d.double(), d64, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 3, 5, 9])
 def test_antipodal_endpoints(device, n):
-    """x_j = -x_i: for odd n the middle synthetic point is u = 0 exactly, which F.normalize maps to 0.
+    """x_j = -x_i: for odd n the middle synthetic point is u = 0 exactly, which F.normalize maps to 0
+    (n = 5, 9: weights that are not powers of two, where a fused multiply-add would leave rounding noise).
     The zero point is equidistant from every unit synthetic point, so the other class's originals get
     norms 0.5 and 0.7: then the zero point's nearest negative is unique and the gradients comparable
     (and x_i has norm 1.5, so that its normalized copies differ from the originals)."""
@@ -221,6 +224,8 @@ def test_antipodal_endpoints(device, n):
                               (ee_cuda.hard_negative_points, R.hard_negative_points, check_points_output)]:
         d, i = fused(X, pairs, labels, n, **FUSED)
         check(X, pairs, labels, n, True, d, i, 1e-9)
+        if n > 3:  # points t < (n+1)/2 all equal x/|x| but split their gradient differently: true ties
+            continue
         _, g, w = grads(lambda x: fused(x, pairs, labels, n, True, **FUSED), X)
         _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, True), X, weight=w)
         torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-7 * float(g_ref.abs().max()))

@@ -23,6 +23,8 @@ inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X) {
   EE_CHECK_TYPE(pairs.scalar_type() == at::kLong, "pairs must be an int64 tensor, got ", pairs.scalar_type());
   EE_CHECK_VALUE(pairs.dim() == 2 && pairs.size(1) == 2, "pairs must have shape (P, 2), got ", pairs.sizes());
   EE_CHECK_DEVICE(pairs, X);
+  // The CUDA kernels read no index on the host; they only guard rows against B, which needs B > 0.
+  EE_CHECK_VALUE(X.size(0) > 0 || pairs.size(0) == 0, "pairs has ", pairs.size(0), " rows but X has no rows");
 }
 
 inline void check_n_inner(int64_t n_inner) { EE_CHECK_VALUE(n_inner >= 0, "n_inner must be >= 0, got ", n_inner); }

@@ -20,8 +20,9 @@ namespace ee {
 constexpr double kNormEps = 1e-12;
 
 // One augmented point as a combination of its pair's endpoints, plus what its backward needs.
+// 16-byte aligned so that a GPU thread reads a float point in one 128-bit load (no bank conflicts).
 template <typename acc_t>
-struct PointCoef {
+struct alignas(16) PointCoef {
   acc_t alpha;   // weight of x_i in the point's value (0 when u == 0 exactly: the point is the zero vector)
   acc_t beta;    // weight of x_j
   acc_t sqnorm;  // ||a(p, t)||^2
@@ -33,6 +34,23 @@ template <typename acc_t>
 EE_HD acc_t weight_i(int64_t t, int64_t n) { return acc_t(n + 1 - t) / acc_t(n + 1); }
 template <typename acc_t>
 EE_HD acc_t weight_j(int64_t t, int64_t n) { return acc_t(t) / acc_t(n + 1); }
+
+// u[d] = ((n+1-t) x_i[d] + t x_j[d]) / (n+1), rounded as the reference rounds it: two products, their sum,
+// then the division, never a fused multiply-add. (An FMA would turn the exact zero midpoint of antipodal
+// endpoints, round(w x) - round(w x) = 0, into rounding noise that normalization then blows up.)
+template <typename acc_t>
+EE_HD acc_t interpolate(acc_t xi, acc_t xj, int64_t t, int64_t n) {
+  const acc_t a = acc_t(n + 1 - t), b = acc_t(t);
+#ifdef __CUDA_ARCH__
+  if constexpr (sizeof(acc_t) == 4) {
+    return __fadd_rn(__fmul_rn(a, xi), __fmul_rn(b, xj)) / acc_t(n + 1);
+  } else {
+    return __dadd_rn(__dmul_rn(a, xi), __dmul_rn(b, xj)) / acc_t(n + 1);
+  }
+#else
+  return (a * xi + b * xj) / acc_t(n + 1);  // setup.py compiles the CPU code with -ffp-contract=off
+#endif
+}
 
 // Coefficients of a(p, t) given ||u|| (synthetic, 1 <= t <= n) or the endpoint's squared norm (originals).
 // For a normalized point the squared norm is taken as exactly 1 (its true value), so that distances

@@ -26,7 +26,9 @@ struct SearchArgs {
   int64_t P, T;
 };
 
-// A view of one tile's copy of `count` pairs: their coefficients (count x T), endpoints and labels.
+// A view of one tile's copy of `count` pairs: their coefficients, stored point-major (coef[r * count + e],
+// so that the threads of a warp, which differ in the pair e, read consecutive 16-byte words), then their
+// endpoints and labels.
 template <typename acc_t>
 struct PairSlab {
   PointCoef<acc_t>* coef;
@@ -61,13 +63,21 @@ template <typename acc_t>
 EE_HD void load_slab(const SearchArgs<acc_t>& a, PairSlab<acc_t> slab, int64_t first, int64_t count, int tid,
                      int nthreads) {
   const int64_t avail = a.P - first < count ? a.P - first : count;
-  for (int64_t e = tid; e < avail * a.T; e += nthreads) slab.coef[e] = a.coef[first * a.T + e];
+  for (int64_t e = tid; e < avail * a.T; e += nthreads) {
+    const int64_t pair = e / a.T, r = e - pair * a.T;
+    slab.coef[r * count + pair] = a.coef[first * a.T + e];
+  }
   for (int64_t e = tid; e < avail; e += nthreads) {
     slab.i[e] = safe_row(a.pairs[2 * (first + e)], a.B);
     slab.j[e] = safe_row(a.pairs[2 * (first + e) + 1], a.B);
     slab.label[e] = a.pair_label[first + e];
   }
 }
+
+// The CPU drivers' stand-in for a block's shared memory, aligned as the GPU's.
+struct alignas(16) SharedWord {
+  unsigned char bytes[16];
+};
 
 // Running (min, argmin) of squared distances.
 template <typename acc_t>
@@ -140,13 +150,11 @@ EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int
   }
   const int64_t i = sp.i[tp], j = sp.j[tp], k = sq.i[tq], l = sq.j[tq], B = a.B;
   const acc_t g_ik = a.gram[i * B + k], g_il = a.gram[i * B + l], g_jk = a.gram[j * B + k], g_jl = a.gram[j * B + l];
-  const PointCoef<acc_t>* cp = sp.coef + tp * T;
-  const PointCoef<acc_t>* cq = sq.coef + tq * T;
   Best<acc_t> fwd = no_best<acc_t>(), bwd = no_best<acc_t>();
   for (int64_t t = 0; t < T; ++t) {
-    const PointCoef<acc_t> at = cp[t];
+    const PointCoef<acc_t> at = sp.coef[t * kPairTile + tp];
     for (int64_t r = 0; r < T; ++r) {
-      const acc_t d2 = sq_dist(at, cq[r], g_ik, g_il, g_jk, g_jl);
+      const acc_t d2 = sq_dist(at, sq.coef[r * kPairTile + tq], g_ik, g_il, g_jk, g_jl);
       consider(fwd, d2, t * T + r);
       consider(bwd, d2, r * T + t);
     }
@@ -186,9 +194,9 @@ EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, in
     if (s.label[e] == label) continue;
     const int64_t k = s.i[e], l = s.j[e];
     const acc_t g_ik = gi[k], g_il = gi[l], g_jk = gj[k], g_jl = gj[l];
-    const PointCoef<acc_t>* cq = s.coef + e * T;
     const int64_t key0 = (q0 + e) * T;
-    for (int64_t r = 0; r < T; ++r) consider(best, sq_dist(at, cq[r], g_ik, g_il, g_jk, g_jl), key0 + r);
+    for (int64_t r = 0; r < T; ++r)
+      consider(best, sq_dist(at, s.coef[r * kPointTileQ + e], g_ik, g_il, g_jk, g_jl), key0 + r);
   }
 }
 

@@ -21,10 +21,9 @@ inline PointCoef<acc_t>* coef_ptr(const at::Tensor& table) {
 // ||u||^2 of u = ((n+1-t) x_i + t x_j) / (n+1), evaluated element by element as the reference does.
 template <typename acc_t>
 inline acc_t synthetic_sqnorm(const acc_t* xi, const acc_t* xj, int64_t D, int64_t t, int64_t n) {
-  const acc_t wa = acc_t(n + 1 - t), wb = acc_t(t), den = acc_t(n + 1);
   acc_t s = 0;
   for (int64_t d = 0; d < D; ++d) {
-    const acc_t u = (wa * xi[d] + wb * xj[d]) / den;
+    const acc_t u = interpolate(xi[d], xj[d], t, n);
     s += u * u;
   }
   return s;

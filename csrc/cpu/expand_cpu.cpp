@@ -50,10 +50,9 @@ Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normal
         const acc_t* xi = x + pr[2 * p] * D;
         const acc_t* xj = x + pr[2 * p + 1] * D;
         for (int64_t t = 1; t <= n; ++t) {
-          const acc_t wa = acc_t(n + 1 - t), wb = acc_t(t), den_u = acc_t(n + 1);
           const acc_t den = denominator(std::sqrt(synthetic_sqnorm(xi, xj, D, t, n)), normalize);
           scalar_t* yt = y + (p * n + t - 1) * D;
-          for (int64_t d = 0; d < D; ++d) yt[d] = scalar_t(((wa * xi[d] + wb * xj[d]) / den_u) / den);
+          for (int64_t d = 0; d < D; ++d) yt[d] = scalar_t(interpolate(xi[d], xj[d], t, n) / den);
         }
       }
     });
@@ -89,11 +88,10 @@ Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& 
         const acc_t* xi = x + pr[2 * p] * D;
         const acc_t* xj = x + pr[2 * p + 1] * D;
         for (int64_t t = 1; t <= n; ++t) {
-          const acc_t wa = acc_t(n + 1 - t), wb = acc_t(t), den_u = acc_t(n + 1);
           const acc_t un = std::sqrt(synthetic_sqnorm(xi, xj, D, t, n));
           const acc_t* gt = g + (p * n + t - 1) * D;
           acc_t dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += (wa * xi[d] + wb * xj[d]) / den_u * gt[d];
+          for (int64_t d = 0; d < D; ++d) dot += interpolate(xi[d], xj[d], t, n) * gt[d];
           unorm[p * n + t - 1] = un;
           s[p * n + t - 1] = un > acc_t(0) ? dot / un : acc_t(0);
         }
@@ -108,14 +106,13 @@ Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& 
         const int64_t i = pr[2 * p], j = pr[2 * p + 1];
         for (int64_t t = 1; t <= n; ++t) {
           const int64_t pt = p * n + t - 1;
-          const acc_t wa = acc_t(n + 1 - t), wb = acc_t(t), den_u = acc_t(n + 1);
           const acc_t un = unorm[pt];
           const bool projected = normalize && un >= acc_t(kNormEps);
           const acc_t den = denominator(un, normalize), proj = projected ? s[pt] / un : acc_t(0);
           const acc_t wi = weight_i<acc_t>(t, n), wj = weight_j<acc_t>(t, n);
           const acc_t* gt = g + pt * D;
           for (int64_t d = d0; d < d1; ++d) {
-            const acc_t u = (wa * x[i * D + d] + wb * x[j * D + d]) / den_u;
+            const acc_t u = interpolate(x[i * D + d], x[j * D + d], t, n);
             const acc_t gu = (gt[d] - u * proj) / den;
             y[i * D + d] += wi * gu;
             y[j * D + d] += wj * gu;

@@ -59,7 +59,7 @@ std::tuple<Tensor, Tensor> hard_negative_pairs_cpu(const Tensor& X_, const Tenso
     scalar_t* d = dist.data_ptr<scalar_t>();
     int64_t* idx = index.data_ptr<int64_t>();
     at::parallel_for(0, triangle_tiles(P), 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> shared((pair_tile_bytes<acc_t>(T) + 7) / 8);  // the block's shared memory
+      std::vector<SharedWord> shared((pair_tile_bytes<acc_t>(T) + 15) / 16);  // the block's shared memory
       for (int64_t tile = begin; tile < end; ++tile) {
         int64_t bp, bq;
         triangle_tile(tile, bp, bq);
@@ -92,7 +92,7 @@ std::tuple<Tensor, Tensor> hard_negative_points_cpu(const Tensor& X_, const Tens
     int64_t* idx = index.data_ptr<int64_t>();
     const int64_t blocks = (P * T + kPointBlock - 1) / kPointBlock;
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> shared((point_tile_bytes<acc_t>(T) + 7) / 8);
+      std::vector<SharedWord> shared((point_tile_bytes<acc_t>(T) + 15) / 16);
       std::vector<Best<acc_t>> best(kPointBlock);  // the block's registers
       for (int64_t block = begin; block < end; ++block) {
         const int64_t o0 = block * kPointBlock;

@@ -31,10 +31,9 @@ __global__ void coef_table_kernel(const acc_t* __restrict__ X, int64_t B, int64_
     const bool valid = i >= 0 && i < B && j >= 0 && j < B;
     const acc_t* xi = X + safe_row(i, B) * D;
     const acc_t* xj = X + safe_row(j, B) * D;
-    const acc_t wa = acc_t(n + 1 - t), wb = acc_t(t), den = acc_t(n + 1);
     acc_t s = 0;
     for (int64_t d = lane; d < D; d += kWarp) {
-      const acc_t u = t == 0 ? xi[d] : (t == n + 1 ? xj[d] : (wa * xi[d] + wb * xj[d]) / den);
+      const acc_t u = t == 0 ? xi[d] : (t == n + 1 ? xj[d] : interpolate(xi[d], xj[d], t, n));
       s += u * u;
     }
     s = warp_sum(s);

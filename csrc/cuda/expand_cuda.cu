@@ -39,7 +39,7 @@ __global__ void expand_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
       out[e] = scalar_t(NAN);
       continue;
     }
-    const acc_t u = (acc_t(n + 1 - t) * X[i * D + d] + acc_t(t) * X[j * D + d]) / acc_t(n + 1);
+    const acc_t u = interpolate(X[i * D + d], X[j * D + d], t, n);
     out[e] = scalar_t(u / denominator(coef[p * T + t].unorm, normalize));
   }
 }
@@ -58,7 +58,7 @@ __global__ void projection_kernel(const acc_t* __restrict__ X, int64_t B, int64_
     const acc_t* g = grad + w * D;
     acc_t dot = 0;
     for (int64_t d = lane; d < D; d += kWarp)
-      dot += (acc_t(n + 1 - t) * xi[d] + acc_t(t) * xj[d]) / acc_t(n + 1) * g[d];
+      dot += interpolate(xi[d], xj[d], t, n) * g[d];
     dot = warp_sum(dot);
     const acc_t un = coef[p * T + t].unorm;
     if (lane == 0) s[w] = un > acc_t(0) ? dot / un : acc_t(0);
@@ -79,7 +79,7 @@ __global__ void expand_backward_kernel(const acc_t* __restrict__ X, int64_t B, i
       const int64_t pt = p * n + t - 1;
       const acc_t un = coef[p * T + t].unorm;
       const bool projected = normalize && un >= acc_t(kNormEps);
-      const acc_t u = (acc_t(n + 1 - t) * X[i * D + d] + acc_t(t) * X[j * D + d]) / acc_t(n + 1);
+      const acc_t u = interpolate(X[i * D + d], X[j * D + d], t, n);
       const acc_t gu = (grad[pt * D + d] - u * (projected ? s[pt] / un : acc_t(0))) / denominator(un, normalize);
       gi += weight_i<acc_t>(t, n) * gu;
       gj += weight_j<acc_t>(t, n) * gu;
