@@ -586,6 +586,8 @@ def _priority(case):
         return 0
     ref = impl == "eager"
     op = case.kind == "op"
+    if ref and est_ref_seconds(c, case.target, mode) <= 1.0:
+        return 1   # cheap: always worth it
     if c.group == "workload":
         if mode == "fwdbwd":
             if ref:
@@ -598,6 +600,8 @@ def _priority(case):
         return 6 if (op and c.name == "W2") else 7
     if c.group == "sweep_n" and op and ref:
         return 1
+    if c.group == "sweep_n" and ref and est_ref_seconds(c, case.target, mode) <= 3.0:
+        return 3
     if ref:
         return 3 if op else 5
     return 8 if op else 9
