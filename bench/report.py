@@ -236,6 +236,24 @@ def sweep_table(index, axis):
     return "\n".join(out), series
 
 
+def growth_lines(series, axis):
+    """One generated sentence per target: peak-memory growth over the sweep, fused vs reference vs M²."""
+    out = []
+    for t in SWEEP_TARGETS[axis]:
+        parts = []
+        mat = {v: b for v, _, b in series.get((t, "matrix"), [])}
+        for impl in ("fused", "eager"):
+            pts = [(v, b) for v, _, b in series.get((t, impl), []) if b]
+            if len(pts) >= 2:
+                (v0, b0), (v1, b1) = pts[0], pts[-1]
+                grow_m = mat[v1] / mat[v0] if mat.get(v0) else None
+                parts.append(f"{impl} ×{b1 / b0:.1f} from {axis}={v0} to {axis}={v1}"
+                             + (f" (M² grows ×{grow_m:.0f} there)" if grow_m and impl == "eager" else ""))
+        if parts:
+            out.append(f"- {SHORT[t]}: peak extra memory " + "; ".join(parts) + ".")
+    return "\n".join(out)
+
+
 def _ref_points(r):
     B, n, t = r["B"], r["n"], r["target"]
     T = n + 2
@@ -427,7 +445,9 @@ def main(argv=None):
         + (" (`--bench-threads 1`, the default: with a second OpenMP thread on this shared machine every parallel "
            "region waits for the busy core, and small ops take 10-50× longer)" if m.get('torch_threads') == 1 else "")
         + ".",
-        f"- Software: Python {m.get('python')}, torch {m.get('torch')}; ee_cuda at commit `{m.get('git_commit')}`, "
+        f"- Software: Python {m.get('python')}, torch {m.get('torch')}; ee_cuda at commit `{m.get('git_commit')}`"
+        + (f" plus uncommitted changes to {', '.join(f'`{x}`' for x in m['git_dirty'])}" if m.get("git_dirty") else "")
+        + ", "
         f"build_info `cpu={info.get('cpu')}, cuda={info.get('cuda')}`; fused backend forced: "
         f"`{m.get('fused_backend')}`.",
         f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {n_skip} skipped "
@@ -458,6 +478,8 @@ def main(argv=None):
         "",
         n_table,
         "",
+        growth_lines(series_n, "n"),
+        "",
         f"![time vs n]({rel}/bench_time_vs_n.png)",
         "",
         f"![memory vs n]({rel}/bench_mem_vs_n.png)",
@@ -465,6 +487,8 @@ def main(argv=None):
         "## Sweep of B (forward + backward; D=512, n=8, 4 per class, adjacent pairs)",
         "",
         B_table,
+        "",
+        growth_lines(series_B, "B"),
         "",
         f"![time vs B]({rel}/bench_time_vs_B.png)",
         "",
