@@ -472,8 +472,8 @@ def machine_info(device="cpu"):
         info["git_commit"] = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
                                             capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "csrc", "ee_cuda", "setup.py"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        info["git_dirty"] = [line[3:] for line in dirty.splitlines()]
+                               capture_output=True, text=True, timeout=10).stdout
+        info["git_dirty"] = [line[3:] for line in dirty.splitlines() if line.strip()]
     except Exception:  # noqa: BLE001
         pass
     if str(device).startswith("cuda") and torch.cuda.is_available():
