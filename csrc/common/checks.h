@@ -27,6 +27,14 @@ inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X) {
   EE_CHECK_VALUE(X.size(0) > 0 || pairs.size(0) == 0, "pairs has ", pairs.size(0), " rows but X has no rows");
 }
 
+// The CPU kernels read pair indices on the host before any kernel runs (free there; on the GPU it would
+// synchronize, so the CUDA kernels guard rows instead).
+inline void check_pair_values_on_cpu(const at::Tensor& pairs, int64_t B) {
+  if (pairs.numel() == 0) return;
+  const int64_t lo = pairs.min().item<int64_t>(), hi = pairs.max().item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= 0 && hi < B, "pairs holds indices outside [0, B=", B, "): min ", lo, ", max ", hi);
+}
+
 inline void check_n_inner(int64_t n_inner) { EE_CHECK_VALUE(n_inner >= 0, "n_inner must be >= 0, got ", n_inner); }
 
 inline void check_search_inputs(const at::Tensor& X, const at::Tensor& pairs, const at::Tensor& labels,
@@ -37,6 +45,17 @@ inline void check_search_inputs(const at::Tensor& X, const at::Tensor& pairs, co
   EE_CHECK_TYPE(labels.scalar_type() == at::kLong, "labels must be an int64 tensor, got ", labels.scalar_type());
   EE_CHECK_SHAPE(labels, X.size(0));
   EE_CHECK_DEVICE(labels, X);
+}
+
+inline void check_expand_backward_inputs(const at::Tensor& grad, const at::Tensor& X, const at::Tensor& pairs,
+                                         int64_t n_inner) {
+  check_embeddings(X);
+  check_pairs(pairs, X);
+  check_n_inner(n_inner);
+  const int64_t P = pairs.size(0), D = X.size(1);
+  EE_CHECK_VALUE(grad.sizes() == at::IntArrayRef({P, n_inner, D}), "grad must have shape (P, n_inner, D) = (", P,
+                 ", ", n_inner, ", ", D, "), got ", grad.sizes());
+  EE_CHECK_DEVICE(grad, X);
 }
 
 // Saved forward outputs handed to a search backward: grad/dist of `out_shape`, index of out_shape + (2,).

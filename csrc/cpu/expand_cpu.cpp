@@ -17,12 +17,6 @@ namespace {
 
 using at::Tensor;
 
-void check_expand_pairs(const Tensor& pairs, int64_t B) {
-  if (pairs.numel() == 0) return;
-  const int64_t lo = pairs.min().item<int64_t>(), hi = pairs.max().item<int64_t>();
-  TORCH_CHECK_INDEX(lo >= 0 && hi < B, "pairs holds indices outside [0, B=", B, "): min ", lo, ", max ", hi);
-}
-
 template <typename acc_t>
 acc_t denominator(acc_t unorm, bool normalize) {
   if (!normalize) return acc_t(1);
@@ -34,7 +28,7 @@ Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normal
   check_pairs(pairs_, X_);
   check_n_inner(n);
   const Tensor pairs = pairs_.contiguous();
-  check_expand_pairs(pairs, X_.size(0));
+  check_pair_values_on_cpu(pairs, X_.size(0));
   const int64_t P = pairs.size(0), D = X_.size(1);
   Tensor out = at::empty({P, n, D}, X_.options());
   if (out.numel() == 0) return out;
@@ -61,15 +55,10 @@ Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normal
 }
 
 Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_, int64_t n, bool normalize) {
-  check_embeddings(X_);
-  check_pairs(pairs_, X_);
-  check_n_inner(n);
+  check_expand_backward_inputs(grad_, X_, pairs_, n);
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1);
-  EE_CHECK_VALUE(grad_.sizes() == at::IntArrayRef({P, n, D}), "grad must have shape (P, n_inner, D) = (", P, ", ", n,
-                 ", ", D, "), got ", grad_.sizes());
-  EE_CHECK_DEVICE(grad_, X_);
   const Tensor pairs = pairs_.contiguous();
-  check_expand_pairs(pairs, B);
+  check_pair_values_on_cpu(pairs, B);
   if (grad_.numel() == 0) return at::zeros_like(X_);
   const at::ScalarType acc = acc_type_of(X_);
   const Tensor X = X_.to(acc).contiguous(), grad = grad_.to(acc).contiguous();

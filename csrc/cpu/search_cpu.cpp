@@ -26,13 +26,6 @@ Tensor pair_labels(const Tensor& labels, const Tensor& pairs) {
   return labels.index_select(0, pairs.select(1, 0)).contiguous();
 }
 
-// Pair indices are read on the CPU before any kernel runs: out-of-range rows would read out of bounds.
-void check_pair_values(const Tensor& pairs, int64_t B) {
-  if (pairs.numel() == 0) return;
-  const int64_t lo = pairs.min().item<int64_t>(), hi = pairs.max().item<int64_t>();
-  TORCH_CHECK_INDEX(lo >= 0 && hi < B, "pairs holds indices outside [0, B=", B, "): min ", lo, ", max ", hi);
-}
-
 template <typename acc_t>
 SearchArgs<acc_t> search_args(const Tensor& gram, const Tensor& coef, const Tensor& pairs, const Tensor& plabel,
                               int64_t T) {
@@ -40,72 +33,81 @@ SearchArgs<acc_t> search_args(const Tensor& gram, const Tensor& coef, const Tens
                            plabel.data_ptr<int64_t>(), pairs.size(0), T};
 }
 
-std::tuple<Tensor, Tensor> hard_negative_pairs_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels,
-                                                   int64_t n, bool normalize) {
+template <typename acc_t, typename scalar_t>
+void run_pair_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* index) {
+  at::parallel_for(0, triangle_tiles(args.P), 1, [&](int64_t begin, int64_t end) {
+    std::vector<SharedWord> shared((pair_tile_bytes<acc_t>(args.T) + 15) / 16);  // the block's shared memory
+    for (int64_t tile = begin; tile < end; ++tile) {
+      int64_t bp, bq;
+      triangle_tile(tile, bp, bq);
+      pair_tile_load(args, shared.data(), bp, bq, 0, 1);
+      for (int tp = 0; tp < kPairTile; ++tp)
+        for (int tq = 0; tq < kPairTile; ++tq) pair_tile_compute(args, shared.data(), bp, bq, tp, tq, dist, index);
+    }
+  });
+}
+
+template <typename acc_t, typename scalar_t>
+void run_point_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* index) {
+  const int64_t blocks = (args.P * args.T + kPointBlock - 1) / kPointBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<SharedWord> shared((point_tile_bytes<acc_t>(args.T) + 15) / 16);
+    std::vector<Best<acc_t>> best(kPointBlock);  // the block's registers
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t o0 = block * kPointBlock;
+      for (auto& b : best) b = no_best<acc_t>();
+      for (int64_t q0 = 0; q0 < args.P; q0 += kPointTileQ) {
+        point_tile_load(args, shared.data(), q0, 0, 1);
+        for (int th = 0; th < kPointBlock; ++th) point_tile_compute(args, shared.data(), q0, o0 + th, best[th]);
+      }
+      for (int th = 0; th < kPointBlock; ++th) point_write(args, o0 + th, best[th], dist, index);
+    }
+  });
+}
+
+template <bool kPoints>
+std::tuple<Tensor, Tensor> search_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels, int64_t n,
+                                      bool normalize) {
   check_search_inputs(X_, pairs_, labels, n);
   const Tensor pairs = pairs_.contiguous();
-  check_pair_values(pairs, X_.size(0));
-  const int64_t P = pairs.size(0), T = n + 2;
-  Tensor dist = at::empty({P, P}, X_.options());
-  Tensor index = at::empty({P, P, 2}, pairs.options());
+  check_pair_values_on_cpu(pairs, X_.size(0));
+  const int64_t P = pairs.size(0), T = n + 2, cols = kPoints ? T : P;
+  Tensor dist = at::empty({P, cols}, X_.options());
+  Tensor index = at::empty({P, cols, 2}, pairs.options());
   if (P == 0) return {dist, index};
   const Tensor X = X_.to(acc_type_of(X_)).contiguous();
   const Tensor gram = at::mm(X, X.t()).contiguous();
   const Tensor plabel = pair_labels(labels, pairs);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_pairs_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_search_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
     const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
-    scalar_t* d = dist.data_ptr<scalar_t>();
-    int64_t* idx = index.data_ptr<int64_t>();
-    at::parallel_for(0, triangle_tiles(P), 1, [&](int64_t begin, int64_t end) {
-      std::vector<SharedWord> shared((pair_tile_bytes<acc_t>(T) + 15) / 16);  // the block's shared memory
-      for (int64_t tile = begin; tile < end; ++tile) {
-        int64_t bp, bq;
-        triangle_tile(tile, bp, bq);
-        pair_tile_load(args, shared.data(), bp, bq, 0, 1);
-        for (int tp = 0; tp < kPairTile; ++tp)
-          for (int tq = 0; tq < kPairTile; ++tq) pair_tile_compute(args, shared.data(), bp, bq, tp, tq, d, idx);
-      }
-    });
+    if (kPoints)
+      run_point_tiles(args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
+    else
+      run_pair_tiles(args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
   });
   return {dist, index};
 }
 
-std::tuple<Tensor, Tensor> hard_negative_points_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels,
-                                                    int64_t n, bool normalize) {
-  check_search_inputs(X_, pairs_, labels, n);
-  const Tensor pairs = pairs_.contiguous();
-  check_pair_values(pairs, X_.size(0));
-  const int64_t P = pairs.size(0), T = n + 2;
-  Tensor dist = at::empty({P, T}, X_.options());
-  Tensor index = at::empty({P, T, 2}, pairs.options());
-  if (P == 0) return {dist, index};
-  const Tensor X = X_.to(acc_type_of(X_)).contiguous();
-  const Tensor gram = at::mm(X, X.t()).contiguous();
-  const Tensor plabel = pair_labels(labels, pairs);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_points_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
-    const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
-    scalar_t* d = dist.data_ptr<scalar_t>();
-    int64_t* idx = index.data_ptr<int64_t>();
-    const int64_t blocks = (P * T + kPointBlock - 1) / kPointBlock;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<SharedWord> shared((point_tile_bytes<acc_t>(T) + 15) / 16);
-      std::vector<Best<acc_t>> best(kPointBlock);  // the block's registers
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t o0 = block * kPointBlock;
-        for (auto& b : best) b = no_best<acc_t>();
-        for (int64_t q0 = 0; q0 < P; q0 += kPointTileQ) {
-          point_tile_load(args, shared.data(), q0, 0, 1);
-          for (int th = 0; th < kPointBlock; ++th) point_tile_compute(args, shared.data(), q0, o0 + th, best[th]);
-        }
-        for (int th = 0; th < kPointBlock; ++th) point_write(args, o0 + th, best[th], d, idx);
-      }
-    });
-  });
-  return {dist, index};
+// What every search backward reads, checked and converted to the accumulation type.
+struct BackwardInputs {
+  Tensor X, pairs, grad, dist, index;
+};
+
+BackwardInputs backward_inputs(const Tensor& grad, const Tensor& X, const Tensor& pairs, const Tensor& dist,
+                               const Tensor& index, int64_t n, bool points) {
+  const int64_t P = pairs.size(0);
+  check_search_backward_inputs(grad, X, pairs, dist, index, n, {P, points ? n + 2 : P});
+  BackwardInputs in;
+  in.pairs = pairs.contiguous();
+  check_pair_values_on_cpu(in.pairs, X.size(0));
+  const at::ScalarType acc = acc_type_of(X);
+  in.X = X.to(acc).contiguous();
+  in.grad = grad.to(acc).contiguous();
+  in.dist = dist.to(acc).contiguous();
+  in.index = index.contiguous();
+  return in;
 }
 
 // Node lists: for each row a of X, the pairs that have a as an endpoint (CSR).
@@ -127,15 +129,11 @@ NodePairs node_pairs(const int64_t* pairs, int64_t P, int64_t B) {
 Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                         const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
-  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, {P, P});
-  const Tensor pairs = pairs_.contiguous();
-  check_pair_values(pairs, B);
+  const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, false);
+  const Tensor &X = in.X, &pairs = in.pairs, &grad = in.grad, &dist = in.dist, &index = in.index;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  const at::ScalarType acc = acc_type_of(X_);
-  const Tensor X = X_.to(acc).contiguous();
-  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
   Tensor dG = at::zeros({B, B}, X.options());
-  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_pairs_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
     const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
     const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
@@ -171,15 +169,11 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
 Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                          const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
-  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, {P, T});
-  const Tensor pairs = pairs_.contiguous();
-  check_pair_values(pairs, B);
+  const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, true);
+  const Tensor &X = in.X, &pairs = in.pairs, &grad = in.grad, &dist = in.dist, &index = in.index;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  const at::ScalarType acc = acc_type_of(X_);
-  const Tensor X = X_.to(acc).contiguous();
-  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
   Tensor dX = at::zeros({B, D}, X.options());
-  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_points_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
     const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
     const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
@@ -212,15 +206,11 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
 Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_, const Tensor& dist_,
                                      const Tensor& index_, int64_t n, bool normalize, bool points) {
   const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
-  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, {P, points ? T : P});
-  const Tensor pairs = pairs_.contiguous();
-  check_pair_values(pairs, B);
-  const at::ScalarType acc = acc_type_of(X_);
-  const Tensor X = X_.to(acc).contiguous();
-  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
+  const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, points);
+  const Tensor &X = in.X, &pairs = in.pairs, &grad = in.grad, &dist = in.dist, &index = in.index;
+  if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
   Tensor dG = at::zeros({B, B}, X.options());
-  if (P == 0) return at::zeros_like(X_);
-  AT_DISPATCH_FLOATING_TYPES(acc, "scatter_backward_emulated_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "scatter_backward_emulated_cpu", [&] {
     using acc_t = scalar_t;
     const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
     const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
@@ -243,8 +233,8 @@ Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, cons
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
-  m.impl("hard_negative_pairs", &hard_negative_pairs_cpu);
-  m.impl("hard_negative_points", &hard_negative_points_cpu);
+  m.impl("hard_negative_pairs", &search_cpu<false>);
+  m.impl("hard_negative_points", &search_cpu<true>);
   m.impl("hard_negative_pairs_backward", &hard_negative_pairs_backward_cpu);
   m.impl("hard_negative_points_backward", &hard_negative_points_backward_cpu);
   m.impl("scatter_backward_emulated", &scatter_backward_emulated_cpu);

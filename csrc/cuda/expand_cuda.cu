@@ -111,13 +111,8 @@ Tensor expand_cuda(const Tensor& X_, const Tensor& pairs_, int64_t n, bool norma
 }
 
 Tensor expand_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_, int64_t n, bool normalize) {
-  check_embeddings(X_);
-  check_pairs(pairs_, X_);
-  check_n_inner(n);
+  check_expand_backward_inputs(grad_, X_, pairs_, n);
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1);
-  EE_CHECK_VALUE(grad_.sizes() == at::IntArrayRef({P, n, D}), "grad must have shape (P, n_inner, D) = (", P, ", ", n,
-                 ", ", D, "), got ", grad_.sizes());
-  EE_CHECK_DEVICE(grad_, X_);
   const c10::cuda::CUDAGuard guard(X_.device());
   if (grad_.numel() == 0) return at::zeros_like(X_);
   const at::ScalarType acc = acc_type_of(X_);
