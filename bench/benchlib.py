@@ -457,6 +457,12 @@ def machine_info(device="cpu"):
             "cpu_count": os.cpu_count(), "ee_cuda_build_info": ee_cuda.build_info(),
             "fused_backend": fused_backend(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    pkg = os.path.dirname(os.path.abspath(ee_cuda.__file__))
+    info["ee_cuda_path"] = pkg
+    libs = [f for f in os.listdir(pkg) if f.startswith("_C") and f.endswith((".so", ".pyd"))]
+    if libs:
+        info["ee_cuda_lib_mtime_utc"] = time.strftime("%Y-%m-%d %H:%M:%S",
+                                                      time.gmtime(os.path.getmtime(os.path.join(pkg, libs[0]))))
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -448,8 +448,11 @@ def main(argv=None):
         f"- Software: Python {m.get('python')}, torch {m.get('torch')}; ee_cuda at commit `{m.get('git_commit')}`"
         + (f" plus uncommitted changes to {', '.join(f'`{x}`' for x in m['git_dirty'])}" if m.get("git_dirty") else "")
         + ", "
-        f"build_info `cpu={info.get('cpu')}, cuda={info.get('cuda')}`; fused backend forced: "
-        f"`{m.get('fused_backend')}`.",
+        f"build_info `cpu={info.get('cpu')}, cuda={info.get('cuda')}`, library built {m.get('ee_cuda_lib_mtime_utc')} "
+        f"UTC; fused backend forced: `{m.get('fused_backend')}`."
+        + ("" if os.path.dirname(str(m.get("ee_cuda_path", ""))) == ROOT else
+           f" The package was imported from a copy of the working tree (`{m.get('ee_cuda_path')}`, via `PYTHONPATH`), "
+           "so that a rebuild during the run could not replace the library under it."),
         f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {n_skip} skipped "
         f"(listed at the end, with the reason). Targets met: {sum(1 for v in met if v)} of {len(met)} checked.",
         "",
