@@ -450,7 +450,7 @@ def main(argv=None):
         + ", "
         f"build_info `cpu={info.get('cpu')}, cuda={info.get('cuda')}`, library built {m.get('ee_cuda_lib_mtime_utc')} "
         f"UTC; fused backend forced: `{m.get('fused_backend')}`."
-        + ("" if os.path.dirname(str(m.get("ee_cuda_path", ""))) == ROOT else
+        + ("" if not m.get("ee_cuda_path") or os.path.dirname(m["ee_cuda_path"]) == ROOT else
            f" The package was imported from a copy of the working tree (`{m.get('ee_cuda_path')}`, via `PYTHONPATH`), "
            "so that a rebuild during the run could not replace the library under it."),
         f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {n_skip} skipped "
