@@ -14,7 +14,7 @@
 #             fwd and fwd+bwd, X@X.T floor, peak memory, kernel launches per op call on W1
 # Then a summary of the stages and the benchmark's short table, printed last.
 #
-# Environment: OUT (results folder; default ./gpu_check_out), EE_GPU_CHECK_BUDGET (total seconds,
+# Environment: OUT (results folder; default $TMPDIR/ee_gpu_check), EE_GPU_CHECK_BUDGET (total seconds,
 # default 460), PYTHON (default python), MAX_JOBS (build jobs, default the CPU count), SKIP_BUILD=1 (use the
 # installed build), BENCH_ARGS (extra arguments for gpu_bench.py).
 # Files written to $OUT: gpu_check.log (all output), gpu_bench.json (results), summary.txt.
@@ -24,7 +24,7 @@ set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 START=$SECONDS
 TOTAL=${EE_GPU_CHECK_BUDGET:-460}
-OUTDIR=${OUT:-$PWD/gpu_check_out}
+OUTDIR=${OUT:-${TMPDIR:-/tmp}/ee_gpu_check}
 PY=${PYTHON:-python}
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"
