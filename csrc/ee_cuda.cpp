@@ -18,7 +18,10 @@ TORCH_LIBRARY(ee_cuda, m) {
   m.def(
       "hard_negative_points_backward(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
       "bool normalize) -> Tensor");
-  // Test-only (CPU): the CUDA backward's per-output atomic scatter, run serially.
+  // Test-only (CPU): the CUDA kernels' tiles and per-output atomic scatter, emulated on the CPU.
+  m.def(
+      "search_tiles_emulated(Tensor X, Tensor pairs, Tensor labels, int n_inner, bool normalize, bool points) "
+      "-> (Tensor, Tensor)");
   m.def(
       "scatter_backward_emulated(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
       "bool normalize, bool points) -> Tensor");

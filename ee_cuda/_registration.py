@@ -42,6 +42,13 @@ def _points_backward_fake(grad, X, pairs, dist, index, n_inner, normalize):
     return torch.empty_like(X)
 
 
+@torch.library.register_fake(_lib + "search_tiles_emulated")
+def _tiles_fake(X, pairs, labels, n_inner, normalize, points):
+    P = pairs.shape[0]
+    cols = n_inner + 2 if points else P
+    return X.new_empty(P, cols), pairs.new_empty(P, cols, 2)
+
+
 @torch.library.register_fake(_lib + "scatter_backward_emulated")
 def _scatter_fake(grad, X, pairs, dist, index, n_inner, normalize, points):
     return torch.empty_like(X)

@@ -113,6 +113,19 @@ def test_search_tile_boundaries(device, P_classes):
         check_points_output(X, pairs, labels, n, True, d, i, 1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_tiles_emulated_on_cpu(dtype):
+    """The CUDA search kernels' tile functions (shared-memory load, per-thread (min, argmin)), driven block
+    by block on the CPU: pair counts below, at and above one tile, against the reference."""
+    for classes in (1, 3, 8, 17, 40):
+        X, labels = make_batch(classes, 2 + classes % 3, 6, dtype=dtype, shuffle=True)
+        pairs = ee_cuda.positive_pairs(labels, "all")
+        for n, normalize in [(0, True), (2, True), (3, False), (8, True)]:
+            for points, check in [(False, check_pairs_output), (True, check_points_output)]:
+                d, i = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, normalize, points)
+                check(X, pairs, labels, n, normalize, d, i, tol(dtype))
+
+
 @pytest.mark.parametrize("op", ["pairs", "points"])
 def test_cuda_backward_scatter_emulated_on_cpu(op):
     """The CUDA backward adds every output's dG terms atomically; its per-output function, run serially on

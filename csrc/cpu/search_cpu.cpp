@@ -16,6 +16,7 @@
 #include "../common/checks.h"
 #include "../common/search_tiles.h"
 #include "coef_table_cpu.h"
+#include "search_rows_cpu.h"
 
 namespace ee {
 namespace {
@@ -65,29 +66,45 @@ void run_point_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* ind
   });
 }
 
-template <bool kPoints>
-std::tuple<Tensor, Tensor> search_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels, int64_t n,
-                                      bool normalize) {
+// The search on the CPU. By default finite inputs take the vectorizable row path (search_rows_cpu.h) and
+// inputs with NaN the tile path; `emulate_gpu` forces the tile path, which drives the CUDA kernels' tile
+// functions block by block (the tests use it to check the GPU's tiling on the CPU).
+std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs_, const Tensor& labels, int64_t n,
+                                           bool normalize, bool points, bool emulate_gpu) {
   check_search_inputs(X_, pairs_, labels, n);
   const Tensor pairs = pairs_.contiguous();
   check_pair_values_on_cpu(pairs, X_.size(0));
-  const int64_t P = pairs.size(0), T = n + 2, cols = kPoints ? T : P;
+  const int64_t P = pairs.size(0), T = n + 2, cols = points ? T : P;
   Tensor dist = at::empty({P, cols}, X_.options());
   Tensor index = at::empty({P, cols, 2}, pairs.options());
   if (P == 0) return {dist, index};
   const Tensor X = X_.to(acc_type_of(X_)).contiguous();
   const Tensor gram = at::mm(X, X.t()).contiguous();
   const Tensor plabel = pair_labels(labels, pairs);
+  const bool tiles = emulate_gpu || !at::isfinite(X).all().item<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_search_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
     const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
-    if (kPoints)
-      run_point_tiles(args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
+    scalar_t* d = dist.data_ptr<scalar_t>();
+    int64_t* idx = index.data_ptr<int64_t>();
+    if (points)
+      tiles ? run_point_tiles(args, d, idx) : point_rows_cpu(args, d, idx);
     else
-      run_pair_tiles(args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
+      tiles ? run_pair_tiles(args, d, idx) : pair_rows_cpu(args, d, idx);
   });
   return {dist, index};
+}
+
+template <bool kPoints>
+std::tuple<Tensor, Tensor> search_cpu(const Tensor& X, const Tensor& pairs, const Tensor& labels, int64_t n,
+                                      bool normalize) {
+  return search_cpu_impl(X, pairs, labels, n, normalize, kPoints, false);
+}
+
+std::tuple<Tensor, Tensor> search_tiles_emulated_cpu(const Tensor& X, const Tensor& pairs, const Tensor& labels,
+                                                     int64_t n, bool normalize, bool points) {
+  return search_cpu_impl(X, pairs, labels, n, normalize, points, true);
 }
 
 // What every search backward reads, checked and converted to the accumulation type.
@@ -238,6 +255,7 @@ TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
   m.impl("hard_negative_pairs_backward", &hard_negative_pairs_backward_cpu);
   m.impl("hard_negative_points_backward", &hard_negative_points_backward_cpu);
   m.impl("scatter_backward_emulated", &scatter_backward_emulated_cpu);
+  m.impl("search_tiles_emulated", &search_tiles_emulated_cpu);
 }
 
 }  // namespace ee
