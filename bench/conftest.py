@@ -90,6 +90,8 @@ def pytest_configure(config):
     if threads > 0:
         torch.set_num_threads(threads)
     _STATE["load_start"] = os.getloadavg()
+    start = bl.machine_info("cpu")   # the tree the run starts from (a commit landing mid-run must not relabel it)
+    _STATE["git_start"] = {k: start.get(k) for k in ("git_commit", "git_dirty", "ee_cuda_lib_mtime_utc")}
     if config.getoption("bench_quick"):
         configs = bl.quick_configs()
     else:
@@ -158,6 +160,7 @@ def _write_cases(config):
                                                        "bench_no_sweeps", "bench_impls", "bench_threads")},
            "cases": records}
     out["machine"]["command"] = "pytest " + " ".join(str(a) for a in config.invocation_params.args)
+    out["machine"].update(_STATE.get("git_start", {}))
     out["machine"]["loadavg_start"] = [round(x, 2) for x in _STATE.get("load_start", ())]
     out["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     path = _cases_json_path(config)
