@@ -127,6 +127,24 @@ BackwardInputs backward_inputs(const Tensor& grad, const Tensor& X, const Tensor
   return in;
 }
 
+// The raw arrays of BackwardInputs, with the point coefficients rebuilt for them.
+template <typename acc_t>
+struct BackwardArrays {
+  Tensor coef_table;
+  const PointCoef<acc_t>* coef;
+  const int64_t *pairs, *index;
+  const acc_t *grad, *dist, *x;
+
+  BackwardArrays(const BackwardInputs& in, int64_t n, bool normalize)
+      : coef_table(coef_table_cpu<acc_t>(in.X, in.pairs, n, normalize)),
+        coef(coef_ptr<acc_t>(coef_table)),
+        pairs(in.pairs.data_ptr<int64_t>()),
+        index(in.index.data_ptr<int64_t>()),
+        grad(in.grad.data_ptr<acc_t>()),
+        dist(in.dist.data_ptr<acc_t>()),
+        x(in.X.data_ptr<acc_t>()) {}
+};
+
 // Node lists: for each row a of X, the pairs that have a as an endpoint (CSR).
 struct NodePairs {
   std::vector<int64_t> offsets, pair;
@@ -147,17 +165,15 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
                                         const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, false);
-  const Tensor &X = in.X, &pairs = in.pairs, &grad = in.grad, &dist = in.dist, &index = in.index;
+  const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
   Tensor dG = at::zeros({B, B}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
-    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
-    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
-    const int64_t* pr = pairs.data_ptr<int64_t>();
-    const int64_t* idx = index.data_ptr<int64_t>();
-    const acc_t* g = grad.data_ptr<acc_t>();
-    const acc_t* d = dist.data_ptr<acc_t>();
+    const BackwardArrays<acc_t> arr(in, n, normalize);
+    const PointCoef<acc_t>* c = arr.coef;
+    const int64_t *pr = arr.pairs, *idx = arr.index;
+    const acc_t *g = arr.grad, *d = arr.dist;
     acc_t* out = dG.data_ptr<acc_t>();
     const NodePairs np = node_pairs(pr, P, B);
     // Row a of dG gathers the terms whose row is a: those of outputs (p, q) and (q, p) for the pairs p
@@ -187,18 +203,16 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
                                          const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, true);
-  const Tensor &X = in.X, &pairs = in.pairs, &grad = in.grad, &dist = in.dist, &index = in.index;
+  const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
   Tensor dX = at::zeros({B, D}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
-    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
-    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
-    const int64_t* pr = pairs.data_ptr<int64_t>();
-    const int64_t* idx = index.data_ptr<int64_t>();
-    const acc_t* g = grad.data_ptr<acc_t>();
-    const acc_t* d = dist.data_ptr<acc_t>();
-    const acc_t* x = X.data_ptr<acc_t>();
+    const BackwardArrays<acc_t> arr(in, n, normalize);
+    const PointCoef<acc_t>* c = arr.coef;
+    const int64_t *pr = arr.pairs, *idx = arr.index;
+    const acc_t *g = arr.grad, *d = arr.dist;
+    const acc_t* x = arr.x;
     acc_t* out = dX.data_ptr<acc_t>();
     constexpr int64_t kChunk = 64;
     // dG entry (r, c, v) adds v x_c to row r and v x_r to row c, in this task's columns [d0, d1).
@@ -224,17 +238,15 @@ Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, cons
                                      const Tensor& index_, int64_t n, bool normalize, bool points) {
   const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, points);
-  const Tensor &X = in.X, &pairs = in.pairs, &grad = in.grad, &dist = in.dist, &index = in.index;
+  const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
   Tensor dG = at::zeros({B, B}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "scatter_backward_emulated_cpu", [&] {
     using acc_t = scalar_t;
-    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
-    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef);
-    const int64_t* pr = pairs.data_ptr<int64_t>();
-    const int64_t* idx = index.data_ptr<int64_t>();
-    const acc_t* g = grad.data_ptr<acc_t>();
-    const acc_t* d = dist.data_ptr<acc_t>();
+    const BackwardArrays<acc_t> arr(in, n, normalize);
+    const PointCoef<acc_t>* c = arr.coef;
+    const int64_t *pr = arr.pairs, *idx = arr.index;
+    const acc_t *g = arr.grad, *d = arr.dist;
     acc_t* out = dG.data_ptr<acc_t>();
     auto add = [&](int64_t r, int64_t col, acc_t v) { out[r * B + col] += v; };
     if (points) {
