@@ -126,6 +126,24 @@ def test_cuda_tiles_emulated_on_cpu(dtype):
                 check(X, pairs, labels, n, normalize, d, i, tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_fast_path_equals_tile_path_with_ties(dtype):
+    """The CPU's row path and the GPU's tile path compute the same d2 and break ties the same way (spec:
+    smallest t*T + r, resp. q*T + r; (q, p) in its own terms): exact equality on inputs full of exact
+    ties (duplicated rows across classes, coinciding endpoints, shared endpoints in "all" mode)."""
+    X, labels = make_batch(6, 4, 5, dtype=dtype)
+    X[labels == 1] = X[labels == 0][0]            # a class of identical points
+    X[labels == 2] = X[labels == 3]               # two classes on the same points
+    for mode in ("all", "adjacent"):
+        pairs = ee_cuda.positive_pairs(labels, mode)
+        for n in (0, 1, 4):
+            for points, op in [(False, ee_cuda.hard_negative_pairs), (True, ee_cuda.hard_negative_points)]:
+                d, i = op(X, pairs, labels, n, **FUSED)
+                d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, True, points)
+                assert torch.equal(d, d_t)
+                assert torch.equal(i, i_t)
+
+
 @pytest.mark.parametrize("op", ["pairs", "points"])
 def test_cuda_backward_scatter_emulated_on_cpu(op):
     """The CUDA backward adds every output's dG terms atomically; its per-output function, run serially on

@@ -90,11 +90,12 @@ struct CandidateRows {
   std::vector<acc_t> ga, gb, nb;
   explicit CandidateRows(int64_t count) : ga(count), gb(count), nb(count) {}
 
-  void fill(const SearchArgs<acc_t>& a, int64_t p) {
+  // Fills the candidates of pairs q >= first (the others are left as they are).
+  void fill(const SearchArgs<acc_t>& a, int64_t p, int64_t first = 0) {
     const int64_t T = a.T, B = a.B, label = a.pair_label[p];
     const acc_t* gi = a.gram + a.pairs[2 * p] * B;
     const acc_t* gj = a.gram + a.pairs[2 * p + 1] * B;
-    for (int64_t q = 0; q < a.P; ++q) {
+    for (int64_t q = first; q < a.P; ++q) {
       const int64_t k = a.pairs[2 * q], l = a.pairs[2 * q + 1];
       const acc_t g_ik = gi[k], g_il = gi[l], g_jk = gj[k], g_jl = gj[l];
       const bool same = a.pair_label[q] == label;
@@ -148,18 +149,20 @@ void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) 
   });
 }
 
-// hard_negative_pairs, row p: for every q, the minimum over (t, r) with the smallest t*T + r among ties.
-// Each ordered (p, q) is computed by its row's task, so no two tasks write one output.
+// hard_negative_pairs. The task of row p scans the unordered pairs (p, q), q >= p, once and writes both
+// outputs: per candidate (q, r) it keeps the minimum over t with the smallest such t, from which
+// (p, q) takes the smallest t*T + r and (q, p), in its own terms, the smallest r*T + t among ties (the
+// tile path's two argmins). Rows go to tasks in pairs (k, P-1-k), so that each gets as much of the triangle.
 template <typename acc_t, typename scalar_t>
 void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
-  const int64_t T = a.T, P = a.P, count = P * T;
-  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-    CandidateRows<acc_t> rows(count);
+  const int64_t T = a.T, P = a.P;
+  at::parallel_for(0, (P + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+    CandidateRows<acc_t> rows(P * T);
     std::vector<acc_t> best(kChunkPairs * T);
     std::vector<int32_t> best_t(kChunkPairs * T);
-    for (int64_t p = begin; p < end; ++p) {
-      rows.fill(a, p);
-      for (int64_t q0 = 0; q0 < P; q0 += kChunkPairs) {
+    auto row = [&](int64_t p) {
+      rows.fill(a, p, p);
+      for (int64_t q0 = p; q0 < P; q0 += kChunkPairs) {
         const int64_t nq = std::min(kChunkPairs, P - q0), len = nq * T, c0 = q0 * T;
         std::fill(best.begin(), best.begin() + len, acc_t(INFINITY));
         std::fill(best_t.begin(), best_t.begin() + len, 0);
@@ -170,7 +173,7 @@ void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
         }
         for (int64_t e = 0; e < nq; ++e) {
           acc_t m = acc_t(INFINITY);
-          int64_t key = INT64_MAX;
+          int64_t key = INT64_MAX, r_first = -1;
           for (int64_t r = 0; r < T; ++r) {
             const int64_t c = e * T + r, k = int64_t(best_t[c]) * T + r;
             if (best[c] < m || (best[c] == m && k < key)) {
@@ -178,13 +181,23 @@ void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
               key = k;
             }
           }
-          const int64_t o = p * P + q0 + e;
+          for (int64_t r = 0; r < T && r_first < 0; ++r)  // (q, p): the smallest r attaining m
+            if (best[e * T + r] == m) r_first = r;
+          const int64_t q = q0 + e, pq = p * P + q, qp = q * P + p;
           const bool found = m < acc_t(INFINITY);
-          dist[o] = scalar_t(found ? std::sqrt(m) : acc_t(INFINITY));
-          index[2 * o] = found ? key / T : -1;
-          index[2 * o + 1] = found ? key % T : -1;
+          const scalar_t d = scalar_t(found ? std::sqrt(m) : acc_t(INFINITY));
+          dist[pq] = d;
+          dist[qp] = d;
+          index[2 * pq] = found ? key / T : -1;
+          index[2 * pq + 1] = found ? key % T : -1;
+          index[2 * qp] = found ? r_first : -1;
+          index[2 * qp + 1] = found ? int64_t(best_t[e * T + r_first]) : -1;
         }
       }
+    };
+    for (int64_t k = begin; k < end; ++k) {
+      row(k);
+      if (P - 1 - k != k) row(P - 1 - k);
     }
   });
 }
