@@ -1,10 +1,28 @@
 """Shared fixtures: the devices to run on, and a factory of fresh random op inputs (extension-cpp style)."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def fresh_seed() -> int:
+    """Seed torch from the OS and return the seed, so that a failure message can name it."""
+    seed = random.SystemRandom().randrange(2 ** 31)
+    torch.manual_seed(seed)
+    return seed
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small float64 batches: one intra-op thread is faster, and far faster on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(params=DEVICES)

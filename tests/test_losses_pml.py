@@ -13,7 +13,6 @@ Which established loss each EE loss reduces to at ``n_inner_pts=0``:
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 
 import pytest
@@ -27,22 +26,12 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper  # 
 
 from ee_cuda import losses as L  # noqa: E402
 from ee_cuda.integrations.pml import EEPMLLoss  # noqa: E402
+from conftest import fresh_seed  # noqa: E402
 
 ALL = ["hphn", "triplet", "lifted", "npair", "ms"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _seed():
-    s = random.SystemRandom().randrange(2 ** 31)
-    torch.manual_seed(s)
-    return s
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(classes=4, per_class=4, D=8, shuffle=False):
@@ -72,7 +61,7 @@ def _value_grad(fn, X, y):
 
 @pytest.mark.parametrize("name", ALL)
 def test_adapter_is_a_pml_loss_and_mean_reducer_matches(name):
-    seed = _seed()
+    seed = fresh_seed()
     X, y = _batch()
     ee = _make(name)
     wrapped = EEPMLLoss(ee)
@@ -86,7 +75,7 @@ def test_adapter_is_a_pml_loss_and_mean_reducer_matches(name):
 @pytest.mark.parametrize("name", ALL)
 def test_adapter_reducers(name):
     """PML reducers see the per-item losses: AvgNonZero, Sum, DoNothing (loss dict with indices)."""
-    seed = _seed()
+    seed = fresh_seed()
     X, y = _batch()
     ee = _make(name, margin=0.05) if name in ("hphn", "triplet") else _make(name)
     per, items = ee.per_item(X, y)
@@ -130,7 +119,7 @@ def _lp():
 @pytest.mark.parametrize("layout", [(2, 2), (4, 4), (16, 2), (8, 4)], ids=lambda c: f"{c[0]}x{c[1]}")
 @pytest.mark.parametrize("soft", [False, True])
 def test_hphn_n0_is_batch_hard_triplet(layout, soft):
-    seed = _seed()
+    seed = fresh_seed()
     X, y = _batch(*layout, shuffle=True)
     margin = 0.0 if soft else 0.3
     ours = L.HPHNTripletLoss(margin=margin, soft_margin=soft, n_inner_pts=0)
@@ -145,7 +134,7 @@ def test_hphn_n0_is_batch_hard_triplet(layout, soft):
 
 @pytest.mark.parametrize("layout", [(2, 2), (4, 4), (16, 2), (5, 3)], ids=lambda c: f"{c[0]}x{c[1]}")
 def test_triplet_n0_is_pairwise_max_of_hardest_negative_triplets(layout):
-    seed = _seed()
+    seed = fresh_seed()
     X, y = _batch(*layout, shuffle=True)
     ours, pairs = L.TripletLoss(margin=0.3, n_inner_pts=0, reduction="none").per_item(X, y)
     pml_loss = pml_losses.TripletMarginLoss(margin=0.3, distance=_lp(), reducer=reducers.DoNothingReducer())
@@ -164,7 +153,7 @@ def test_triplet_n0_is_pairwise_max_of_hardest_negative_triplets(layout):
 def test_other_losses_have_no_pml_equivalent_at_n0():
     """Documented non-equivalences: lifted, N-pair and MS at n=0 differ from PML's losses of that name
     (negatives per pair through the closest point pair, vs per sample)."""
-    seed = _seed()
+    seed = fresh_seed()
     X, y = _batch(8, 2)
     Xn = torch.nn.functional.normalize(X.detach(), dim=1)
     lp = distances.LpDistance(normalize_embeddings=False)
@@ -208,7 +197,7 @@ def _worker(rank, init_file, X, y, outdir):
 def test_distributed_loss_wrapper():
     """DistributedLossWrapper gathers [local; others] and returns world_size x loss; the local rows get
     world_size x the single-process gradient, so DDP's averaging gives the single-process gradients."""
-    seed = _seed()
+    seed = fresh_seed()
     X, y = _batch(4, 4)
     X = X.detach()
     with tempfile.TemporaryDirectory() as tmp:
