@@ -46,7 +46,10 @@ def check_labels(labels, B: int, device: torch.device, name: str = "labels") -> 
         raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}; put both on one device")
 
 
-def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "pairs") -> None:
+def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "pairs", values: bool = True) -> None:
+    """Type, shape and device of ``pairs``; with ``values``, also its rows: indices in ``[0, B)``, ``i != j``
+    and (given ``labels``) one label per pair. The fused CPU ops pass ``values=False``: their kernel makes
+    the same value checks, with the same messages, in one pass before it computes anything."""
     if not isinstance(pairs, torch.Tensor):
         raise TypeError(f"{name} must be a LongTensor of shape (P, 2), got {type(pairs).__name__}")
     if pairs.dtype not in _INT_DTYPES:
@@ -55,7 +58,7 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
         raise ValueError(f"{name} must have shape (P, 2), got shape {tuple(pairs.shape)}")
     if pairs.device != device:
         raise ValueError(f"{name} is on {pairs.device} but the embeddings are on {device}; put both on one device")
-    if pairs.shape[0] == 0 or torch.compiler.is_compiling():
+    if not values or pairs.shape[0] == 0 or torch.compiler.is_compiling():
         return
     lo, hi = int(pairs.min()), int(pairs.max())
     if lo < 0 or hi >= B:

@@ -231,11 +231,13 @@ class _PairStats:
         self.shat = None
         if need_dot:
             sq = self._point_sq_norms((xi * xi).sum(dim=1), (xj * xj).sum(dim=1), self.s_p, n, normalize)
+            T = sq.shape[1]
             t_idx = index[..., 0].clamp_min(0)
-            r_idx = index[..., 1].clamp_min(0)
-            q_rows = torch.arange(P, device=X.device).view(1, P).expand(P, P)
-            norm_a = torch.gather(sq, 1, t_idx)          # |a(p, t*)|²
-            norm_b = sq[q_rows, r_idx]                     # |a(q, r*)|²
+            # flat index q*T + r* of a(q, r*) in sq; gathers (whose backward is a scatter-add) rather than
+            # advanced indexing (an accumulating index_put, several times slower on P x P)
+            qr_idx = index[..., 1].clamp_min(0) + torch.arange(0, P * T, T, device=X.device).view(1, P)
+            norm_a = torch.gather(sq, 1, t_idx)                                 # |a(p, t*)|²
+            norm_b = sq.reshape(P * T).gather(0, qr_idx.reshape(P * P)).view(P, P)  # |a(q, r*)|²
             shat = (norm_a + norm_b - self.dhat * self.dhat) * 0.5
             self.shat = torch.where(self.neg, shat, torch.zeros_like(shat))
 

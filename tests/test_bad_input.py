@@ -91,10 +91,14 @@ def test_raw_ops_check_their_arguments(batch):
         ops.expand(X, pairs, -1, True)
     with pytest.raises(ValueError, match="labels must have shape"):
         ops.hard_negative_pairs(X, pairs, labels[:2], 2, True)
-    with pytest.raises(IndexError, match="pairs holds indices outside"):
+    with pytest.raises(ValueError, match="pairs holds indices outside"):
         ops.hard_negative_pairs(X, pairs + 50, labels, 2, True)
-    with pytest.raises(IndexError, match="pairs holds indices outside"):
+    with pytest.raises(ValueError, match="pairs holds indices outside"):
         ops.expand(X, pairs - 50, 2, True)
+    with pytest.raises(ValueError, match=r"pairs row 1 pairs a sample with itself: \[3, 3\]"):
+        ops.hard_negative_points(X, torch.tensor([[0, 1], [3, 3]]), labels, 2, True)
+    with pytest.raises(ValueError, match=r"pairs row 0 = \(0, 5\) is not a positive pair"):
+        ops.hard_negative_pairs(X, torch.tensor([[0, 5]]), torch.tensor([0, 0, 0, 1, 1, 1]), 2, True)
     with pytest.raises(ValueError, match="X has no rows"):
         ops.hard_negative_pairs(X[:0], pairs, labels[:0], 2, True)
     with pytest.raises(ValueError, match="X has no rows"):

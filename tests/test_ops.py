@@ -144,6 +144,38 @@ def test_cpu_fast_path_equals_tile_path_with_ties(dtype):
                 assert torch.equal(i, i_t)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_fast_path_equals_tile_path_many_pairs(dtype):
+    """Random inputs with more pairs than one lane block and one L1 chunk of the row path (8 or 4 lanes,
+    64 pairs), pair counts that are not multiples of them: the row path's d2 are bit-identical to the tile
+    path's, so distances and argmins are equal."""
+    for classes, per_class, mode in [(40, 4, "all"), (67, 2, "adjacent"), (23, 3, "all")]:
+        X, labels = make_batch(classes, per_class, 9, dtype=dtype, shuffle=mode == "all")
+        pairs = ee_cuda.positive_pairs(labels, mode)
+        for n in (0, 3):
+            for points, op in [(False, ee_cuda.hard_negative_pairs), (True, ee_cuda.hard_negative_points)]:
+                d, i = op(X, pairs, labels, n, **FUSED)
+                d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, True, points)
+                assert torch.equal(d, d_t)
+                assert torch.equal(i, i_t)
+
+
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_large_batch_blocked_gram(op):
+    """B >= 512: the CPU multiplies only the upper block triangle of X Xᵀ (uneven blocks: B = 514) and
+    mirrors the rest. Values, argmins and gradients against the reference."""
+    X, labels = make_batch(257, 2, 16)
+    pairs = ee_cuda.positive_pairs(labels, "adjacent")
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    check = check_pairs_output if op == "pairs" else check_points_output
+    dist, index = fused(X, pairs, labels, 1, True, **FUSED)
+    check(X, pairs, labels, 1, True, dist, index, 1e-9)
+    _, g, w = grads(lambda x: fused(x, pairs, labels, 1, True, **FUSED), X)
+    _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, 1, True), X, weight=w)
+    torch.testing.assert_close(g, g_ref, atol=1e-8, rtol=1e-8)
+
+
 @pytest.mark.parametrize("op", ["pairs", "points"])
 def test_cuda_backward_scatter_emulated_on_cpu(op):
     """The CUDA backward adds every output's dG terms atomically; its per-output function, run serially on

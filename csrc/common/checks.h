@@ -27,12 +27,29 @@ inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X) {
   EE_CHECK_VALUE(X.size(0) > 0 || pairs.size(0) == 0, "pairs has ", pairs.size(0), " rows but X has no rows");
 }
 
-// The CPU kernels read pair indices on the host before any kernel runs (free there; on the GPU it would
-// synchronize, so the CUDA kernels guard rows instead).
-inline void check_pair_values_on_cpu(const at::Tensor& pairs, int64_t B) {
-  if (pairs.numel() == 0) return;
-  const int64_t lo = pairs.min().item<int64_t>(), hi = pairs.max().item<int64_t>();
-  TORCH_CHECK_INDEX(lo >= 0 && hi < B, "pairs holds indices outside [0, B=", B, "): min ", lo, ", max ", hi);
+// The CPU kernels read pair values on the host before any kernel runs (free there; on the GPU it would
+// synchronize, so the CUDA kernels guard rows instead). Same checks, order and messages as the Python
+// wrappers' (ee_cuda/_validation.py), which leave them to this one pass on the CPU: every row in [0, B),
+// then no row pairing a sample with itself, then (given labels) every pair within one label.
+inline void check_pair_values_on_cpu(const at::Tensor& pairs, int64_t B, const at::Tensor& labels = at::Tensor()) {
+  const int64_t P = pairs.size(0);
+  if (P == 0) return;
+  const at::Tensor pc = pairs.contiguous();
+  const int64_t* pr = pc.data_ptr<int64_t>();
+  for (int64_t r = 0; r < P; ++r)
+    EE_CHECK_VALUE(pr[2 * r] >= 0 && pr[2 * r] < B && pr[2 * r + 1] >= 0 && pr[2 * r + 1] < B,
+                   "pairs holds indices outside [0, B=", B, "): row ", r, " is [", pr[2 * r], ", ", pr[2 * r + 1], "]");
+  for (int64_t r = 0; r < P; ++r)
+    EE_CHECK_VALUE(pr[2 * r] != pr[2 * r + 1], "pairs row ", r, " pairs a sample with itself: [", pr[2 * r], ", ",
+                   pr[2 * r + 1], "] (need i != j)");
+  if (!labels.defined()) return;
+  const at::Tensor lc = labels.contiguous();
+  const int64_t* lab = lc.data_ptr<int64_t>();
+  for (int64_t r = 0; r < P; ++r) {
+    const int64_t i = pr[2 * r], j = pr[2 * r + 1];
+    EE_CHECK_VALUE(lab[i] == lab[j], "pairs row ", r, " = (", i, ", ", j, ") is not a positive pair: labels[", i,
+                   "]=", lab[i], " != labels[", j, "]=", lab[j]);
+  }
 }
 
 inline void check_n_inner(int64_t n_inner) { EE_CHECK_VALUE(n_inner >= 0, "n_inner must be >= 0, got ", n_inner); }

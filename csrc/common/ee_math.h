@@ -127,43 +127,75 @@ EE_HD acc_t own_norm_factor(const PointRef<acc_t>& a, bool normalize, acc_t dot)
   return a.c.unorm > acc_t(0) ? acc_t(1) / acc_t(kNormEps * kNormEps) : acc_t(0);
 }
 
-// Gradient of dist = ||a - b|| (the forward's value d) with upstream gradient g, as entries of dG where
-// dX = (dG + dG^T) X. Calls emit(row, col, value) for up to 10 entries: the four cross entries (rows in
-// a's pair), then a's own (rows in a's pair), then b's own (rows in b's pair). At d == 0 the gradient is
-// 0, as torch's norm gives. The nominal coefficients c_i / max(|u|, eps) are used for the cross terms even
-// where the value used 0 (u == 0): the derivative of u / eps is 1 / eps there, as in F.normalize.
+// Gradient of dist = ||a - b|| (the forward's value d) with upstream gradient g, as the weights of its dG
+// entries (dX = (dG + dG^T) X): the cross entries between a's pair (i, j) and b's pair (k, l) are
+// cross * (aa, ba) x (ab, bb), i.e. (i,k), (i,l), (j,k), (j,l); the own entries of a point p of pair (i, j)
+// are own_p * (wi^2, 2 wi wj, wj^2) at (i,i), (i,j), (j,j). At d == 0 the gradient is 0, as torch's norm
+// gives (`any` is false then, and when g == 0). The nominal coefficients c_i / max(|u|, eps) are used for
+// the cross terms even where the value used 0 (u == 0): the derivative of u / eps is 1 / eps there, as in
+// F.normalize.
+template <typename acc_t>
+struct DistanceGrad {
+  bool any;
+  acc_t cross, aa, ba, ab, bb;  // cross entry (a.x, b.y) = cross * (aa|ba) * (ab|bb)
+  acc_t own_a, own_b;
+};
+
+// The own entries' weights (wi^2, 2 wi wj, wj^2) of point t of n.
+template <typename acc_t>
+EE_HD void own_weights(int64_t t, int64_t n, acc_t& ii, acc_t& ij, acc_t& jj) {
+  const acc_t wi = weight_i<acc_t>(t, n), wj = weight_j<acc_t>(t, n);
+  ii = wi * wi;
+  ij = acc_t(2) * wi * wj;
+  jj = wj * wj;
+}
+
+template <typename acc_t>
+EE_HD DistanceGrad<acc_t> distance_grad(const PointRef<acc_t>& a, const PointRef<acc_t>& b, bool normalize, acc_t d,
+                                        acc_t g) {
+  DistanceGrad<acc_t> r;
+  r.any = d > acc_t(0) && g != acc_t(0);
+  if (!r.any) return r;
+  const acc_t gd = g / (acc_t(2) * d);  // dL/d(d^2)
+  const acc_t dot = (a.c.sqnorm + b.c.sqnorm - d * d) / acc_t(2);
+  // The nominal coefficients are the point's own, c_i / max(|u|, eps), except where the value used 0
+  // (u == 0, or NaN): there they are c_i / eps.
+  auto nominal = [normalize](const PointRef<acc_t>& p, acc_t& al, acc_t& be) {
+    al = p.c.alpha;
+    be = p.c.beta;
+    if (normalize && p.t > 0 && p.t <= p.n && !(p.c.unorm > acc_t(0))) {
+      al = weight_i<acc_t>(p.t, p.n) / acc_t(kNormEps);
+      be = weight_j<acc_t>(p.t, p.n) / acc_t(kNormEps);
+    }
+  };
+  nominal(a, r.aa, r.ba);
+  nominal(b, r.ab, r.bb);
+  r.cross = acc_t(-2) * gd;
+  r.own_a = gd * own_norm_factor(a, normalize, dot);
+  r.own_b = gd * own_norm_factor(b, normalize, dot);
+  return r;
+}
+
+// The same gradient as calls emit(row, col, value) for its 10 entries: the four cross entries (rows in a's
+// pair), then a's own (rows in a's pair), then b's own (rows in b's pair).
 template <typename acc_t, typename Emit>
 EE_HD void distance_grad_terms(const PointRef<acc_t>& a, const PointRef<acc_t>& b, bool normalize, acc_t d, acc_t g,
                                Emit&& emit) {
-  if (!(d > acc_t(0)) || g == acc_t(0)) return;
-  const acc_t gd = g / (acc_t(2) * d);  // dL/d(d^2)
-  const acc_t dot = (a.c.sqnorm + b.c.sqnorm - d * d) / acc_t(2);
-  auto nominal = [normalize](const PointRef<acc_t>& p, acc_t& al, acc_t& be) {
-    al = weight_i<acc_t>(p.t, p.n);
-    be = weight_j<acc_t>(p.t, p.n);
-    if (normalize && p.t > 0 && p.t <= p.n) {
-      const acc_t den = p.c.unorm >= acc_t(kNormEps) ? p.c.unorm : acc_t(kNormEps);
-      al /= den;
-      be /= den;
-    }
+  const DistanceGrad<acc_t> r = distance_grad(a, b, normalize, d, g);
+  if (!r.any) return;
+  emit(a.i, b.i, r.cross * r.aa * r.ab);
+  emit(a.i, b.j, r.cross * r.aa * r.bb);
+  emit(a.j, b.i, r.cross * r.ba * r.ab);
+  emit(a.j, b.j, r.cross * r.ba * r.bb);
+  auto own = [&](const PointRef<acc_t>& p, acc_t k) {
+    acc_t ii, ij, jj;
+    own_weights<acc_t>(p.t, p.n, ii, ij, jj);
+    emit(p.i, p.i, k * ii);
+    emit(p.i, p.j, k * ij);
+    emit(p.j, p.j, k * jj);
   };
-  acc_t aa, ba, ab, bb;
-  nominal(a, aa, ba);
-  nominal(b, ab, bb);
-  const acc_t m2 = acc_t(-2) * gd;
-  emit(a.i, b.i, m2 * aa * ab);
-  emit(a.i, b.j, m2 * aa * bb);
-  emit(a.j, b.i, m2 * ba * ab);
-  emit(a.j, b.j, m2 * ba * bb);
-  auto own = [&](const PointRef<acc_t>& p) {
-    const acc_t k = gd * own_norm_factor(p, normalize, dot);
-    const acc_t wi = weight_i<acc_t>(p.t, p.n), wj = weight_j<acc_t>(p.t, p.n);
-    emit(p.i, p.i, k * wi * wi);
-    emit(p.i, p.j, k * acc_t(2) * wi * wj);
-    emit(p.j, p.j, k * wj * wj);
-  };
-  own(a);
-  own(b);
+  own(a, r.own_a);
+  own(b, r.own_b);
 }
 
 }  // namespace ee

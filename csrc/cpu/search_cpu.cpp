@@ -1,21 +1,25 @@
 // CPU kernels of hard_negative_pairs / hard_negative_points (forward and backward), EE-SPEC §3-§4.
 //
-// Forward: one X X^T (BLAS), a (P, T) table of point coefficients, then the tiles of search_tiles.h driven
-// over the (p, q) grid with at::parallel_for (each tile emulates one CUDA block).
+// Forward: one X X^T (BLAS, upper block triangle only), a (P, T) table of point coefficients, then either
+// the vectorized row path of search_rows_cpu.h (finite input) or the tiles of search_tiles.h driven over
+// the (p, q) grid with at::parallel_for (each tile emulates one CUDA block).
 // Backward, by cost (spec §4): hard_negative_pairs has P x P outputs, so their gradients are gathered into
-// dG (each row owned by one task, no races) and finished with dX = (dG + dG^T) X, one B x B x D product;
-// hard_negative_points has P x T outputs, so each output's terms go straight to the (at most four) rows
-// they touch in D-space, in column chunks owned by one task each.
+// a dense dG (rows owned by the task of their pair component, no races) and finished with
+// dX = (dG + dG^T) X, one B x B x D product; hard_negative_points has P x T outputs, so their few dG entries
+// are merged per row and each row of dX is summed in D-space from the rows of X they name.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "../common/checks.h"
 #include "../common/search_tiles.h"
 #include "coef_table_cpu.h"
+#include "row_sums_cpu.h"
 #include "search_rows_cpu.h"
 
 namespace ee {
@@ -66,24 +70,48 @@ void run_point_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* ind
   });
 }
 
-// The search on the CPU. By default finite inputs take the vectorizable row path (search_rows_cpu.h) and
-// inputs with NaN the tile path; `emulate_gpu` forces the tile path, which drives the CUDA kernels' tile
-// functions block by block (the tests use it to check the GPU's tiling on the CPU).
+// G = X X^T. G is symmetric, so for large B only the blocks on and above the diagonal are multiplied (BLAS
+// writes them into G's storage) and the others are mirrored: 10 of 16 block products.
+Tensor gram_cpu(const Tensor& X) {
+  constexpr int64_t kBlocks = 4, kMinRows = 512;
+  const int64_t B = X.size(0);
+  if (B < kMinRows) return at::mm(X, X.t());
+  Tensor G = at::empty({B, B}, X.options());
+  const int64_t rows = (B + kBlocks - 1) / kBlocks;
+  for (int64_t i0 = 0; i0 < B; i0 += rows) {
+    const int64_t ni = std::min(rows, B - i0);
+    for (int64_t j0 = i0; j0 < B; j0 += rows) {
+      const int64_t nj = std::min(rows, B - j0);
+      Tensor block = G.narrow(0, i0, ni).narrow(1, j0, nj);
+      at::mm_out(block, X.narrow(0, i0, ni), X.narrow(0, j0, nj).t());
+      if (j0 != i0) G.narrow(0, j0, nj).narrow(1, i0, ni).copy_(block.t());
+    }
+  }
+  return G;
+}
+
+// The search on the CPU. By default finite inputs take the vectorized row path (search_rows_cpu.h) and
+// inputs with NaN or infinities the tile path (as do shapes whose keys overflow the row path's lanes);
+// `emulate_gpu` forces the tile path, which drives the CUDA kernels' tile functions block by block (the
+// tests use it to check the GPU's tiling on the CPU).
 std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs_, const Tensor& labels, int64_t n,
                                            bool normalize, bool points, bool emulate_gpu) {
   check_search_inputs(X_, pairs_, labels, n);
   const Tensor pairs = pairs_.contiguous();
-  check_pair_values_on_cpu(pairs, X_.size(0));
+  check_pair_values_on_cpu(pairs, X_.size(0), labels);
   const int64_t P = pairs.size(0), T = n + 2, cols = points ? T : P;
   Tensor dist = at::empty({P, cols}, X_.options());
   Tensor index = at::empty({P, cols, 2}, pairs.options());
   if (P == 0) return {dist, index};
   const Tensor X = X_.to(acc_type_of(X_)).contiguous();
-  const Tensor gram = at::mm(X, X.t()).contiguous();
+  const Tensor gram = gram_cpu(X);
   const Tensor plabel = pair_labels(labels, pairs);
-  const bool tiles = emulate_gpu || !at::isfinite(X).all().item<bool>();
+  // X has a NaN or an infinity exactly when a diagonal Gram entry ||x_a||^2 does (or when it overflows): a
+  // B-element check instead of one over X.
+  const bool finite = at::isfinite(gram.diagonal()).all().item<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_search_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const bool tiles = emulate_gpu || !finite || !row_keys_fit<acc_t>(P, T, points);
     const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
     const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
     scalar_t* d = dist.data_ptr<scalar_t>();
@@ -145,22 +173,66 @@ struct BackwardArrays {
         x(in.X.data_ptr<acc_t>()) {}
 };
 
-// Node lists: for each row a of X, the pairs that have a as an endpoint (CSR).
-struct NodePairs {
-  std::vector<int64_t> offsets, pair;
+// The connected components of the graph whose nodes are the rows of X and whose edges are the pairs: the
+// rows of different components are disjoint, so one task per component owns its rows (for "adjacent"
+// pairs a component is one pair, for "all" pairs one class).
+struct PairComponents {
+  std::vector<int64_t> of_row;         // component of each row, -1 for rows in no pair
+  std::vector<int64_t> offsets, pair;  // the pairs of component c: pair[offsets[c] .. offsets[c+1])
 };
 
-NodePairs node_pairs(const int64_t* pairs, int64_t P, int64_t B) {
-  NodePairs np;
-  np.offsets.assign(B + 1, 0);
-  for (int64_t e = 0; e < 2 * P; ++e) ++np.offsets[pairs[e] + 1];
-  for (int64_t a = 0; a < B; ++a) np.offsets[a + 1] += np.offsets[a];
-  np.pair.resize(2 * P);
-  std::vector<int64_t> fill(np.offsets.begin(), np.offsets.end() - 1);
-  for (int64_t e = 0; e < 2 * P; ++e) np.pair[fill[pairs[e]]++] = e / 2;
-  return np;
+PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B) {
+  std::vector<int64_t> parent(B);
+  for (int64_t a = 0; a < B; ++a) parent[a] = a;
+  auto root = [&](int64_t a) {
+    while (parent[a] != a) a = parent[a] = parent[parent[a]];
+    return a;
+  };
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t i = root(pairs[2 * p]), j = root(pairs[2 * p + 1]);
+    if (i != j) parent[std::max(i, j)] = std::min(i, j);
+  }
+  PairComponents pc;
+  pc.of_row.assign(B, -1);
+  std::vector<int64_t> id(B, -1);
+  int64_t count = 0;
+  for (int64_t p = 0; p < P; ++p)
+    for (int e = 0; e < 2; ++e) {
+      const int64_t a = pairs[2 * p + e], r = root(a);
+      if (id[r] < 0) id[r] = count++;
+      pc.of_row[a] = id[r];
+    }
+  pc.offsets.assign(count + 1, 0);
+  for (int64_t p = 0; p < P; ++p) ++pc.offsets[pc.of_row[pairs[2 * p]] + 1];
+  for (int64_t c = 0; c < count; ++c) pc.offsets[c + 1] += pc.offsets[c];
+  pc.pair.resize(P);
+  std::vector<int64_t> fill(pc.offsets.begin(), pc.offsets.end() - 1);
+  for (int64_t p = 0; p < P; ++p) pc.pair[fill[pc.of_row[pairs[2 * p]]]++] = p;
+  return pc;
 }
 
+// dG + dG^T in place (the backward needs only this sum), in cache-sized blocks.
+template <typename acc_t>
+void symmetrize_in_place(acc_t* g, int64_t B) {
+  constexpr int64_t kBlock = 64;
+  const int64_t nb = (B + kBlock - 1) / kBlock;
+  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bi = begin; bi < end; ++bi)
+      for (int64_t bj = bi; bj < nb; ++bj)
+        for (int64_t i = bi * kBlock; i < std::min(B, (bi + 1) * kBlock); ++i)
+          for (int64_t j = std::max(i, bj * kBlock); j < std::min(B, (bj + 1) * kBlock); ++j) {
+            const acc_t v = g[i * B + j] + g[j * B + i];
+            g[i * B + j] = v;
+            g[j * B + i] = v;
+          }
+  });
+}
+
+// hard_negative_pairs has P x P outputs: their dG terms are gathered into a dense dG, then
+// dX = (dG + dG^T) X, one B x B x D product. Each output (p, q) is computed once, by the task of p's
+// component: its cross entries have their row in p's pair, owned by the task, and go straight into dG; the
+// own entries of its two points are summed per point (each point's three own entries are its sum times
+// fixed weights) in the task's (P, T) accumulator, and all of them reach dG at the end.
 Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                         const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
@@ -175,37 +247,62 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
     const int64_t *pr = arr.pairs, *idx = arr.index;
     const acc_t *g = arr.grad, *d = arr.dist;
     acc_t* out = dG.data_ptr<acc_t>();
-    const NodePairs np = node_pairs(pr, P, B);
-    // Row a of dG gathers the terms whose row is a: those of outputs (p, q) and (q, p) for the pairs p
-    // holding a. Every term of every output has its row in exactly one of its two pairs, so each is
-    // added once, by the one task that owns its row.
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t a = begin; a < end; ++a) {
-        acc_t* row = out + a * B;
-        auto keep = [&](int64_t r, int64_t col, acc_t v) {
-          if (r == a) row[col] += v;
-        };
-        for (int64_t e = np.offsets[a]; e < np.offsets[a + 1]; ++e) {
-          const int64_t p = np.pair[e];
+    const PairComponents pc = pair_components(pr, P, B);
+    const int64_t components = int64_t(pc.offsets.size()) - 1;
+    std::vector<acc_t> own_total(P * T, acc_t(0));  // per point: the sum of its own entries' factors
+    std::mutex own_mutex;
+    at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> own(P * T, acc_t(0));
+      for (int64_t comp = begin; comp < end; ++comp)
+        for (int64_t e = pc.offsets[comp]; e < pc.offsets[comp + 1]; ++e) {
+          const int64_t p = pc.pair[e];
           for (int64_t q = 0; q < P; ++q) {
-            const int64_t pq = p * P + q, qp = q * P + p;
-            pair_output_terms(c, pr, B, P, T, normalize, p, q, d[pq], g[pq], idx, keep);
-            pair_output_terms(c, pr, B, P, T, normalize, q, p, d[qp], g[qp], idx, keep);
+            const int64_t pq = p * P + q, t = idx[2 * pq], r = idx[2 * pq + 1];
+            if (t < 0 || r < 0 || t >= T || r >= T) continue;
+            const PointRef<acc_t> a = point_ref(c, pr, B, p, t, T), b = point_ref(c, pr, B, q, r, T);
+            const DistanceGrad<acc_t> gr = distance_grad(a, b, normalize, d[pq], g[pq]);
+            if (!gr.any) continue;
+            acc_t* row_i = out + a.i * B;
+            acc_t* row_j = out + a.j * B;
+            const acc_t ci = gr.cross * gr.aa, cj = gr.cross * gr.ba;
+            row_i[b.i] += ci * gr.ab;
+            row_i[b.j] += ci * gr.bb;
+            row_j[b.i] += cj * gr.ab;
+            row_j[b.j] += cj * gr.bb;
+            own[p * T + t] += gr.own_a;
+            own[q * T + r] += gr.own_b;
           }
         }
-      }
+      std::lock_guard<std::mutex> lock(own_mutex);
+      for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
     });
+    for (int64_t q = 0; q < P; ++q) {
+      const int64_t k = pr[2 * q], l = pr[2 * q + 1];
+      for (int64_t r = 0; r < T; ++r) {
+        acc_t ii, ij, jj;
+        own_weights<acc_t>(r, n, ii, ij, jj);
+        const acc_t f = own_total[q * T + r];
+        out[k * B + k] += f * ii;
+        out[k * B + l] += f * ij;
+        out[l * B + l] += f * jj;
+      }
+    }
+    symmetrize_in_place(out, B);
   });
-  return at::mm(dG + dG.t(), X).to(X_.scalar_type());
+  return at::mm(dG, X).to(X_.scalar_type());
 }
 
+// hard_negative_points has P x T outputs, few next to B x B: their dG terms (at most 10 each) are listed,
+// mirrored into the rows of S = dG + dG^T, merged per (row, column), and each row of dX = S X is summed from
+// the rows of X its entries name, O(entries * D) instead of a B x B x D product. Every row of dX is owned
+// by one task.
 Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                          const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, true);
   const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  Tensor dX = at::zeros({B, D}, X.options());
+  Tensor dX = at::empty({B, D}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
@@ -214,19 +311,51 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
     const acc_t *g = arr.grad, *d = arr.dist;
     const acc_t* x = arr.x;
     acc_t* out = dX.data_ptr<acc_t>();
-    constexpr int64_t kChunk = 64;
-    // dG entry (r, c, v) adds v x_c to row r and v x_r to row c, in this task's columns [d0, d1).
-    at::parallel_for(0, (D + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
-      const int64_t d0 = begin * kChunk, d1 = std::min(D, end * kChunk);
-      auto apply = [&](int64_t r, int64_t col, acc_t v) {
-        acc_t* yr = out + r * D;
-        acc_t* yc = out + col * D;
-        const acc_t* xr = x + r * D;
-        const acc_t* xc = x + col * D;
-        for (int64_t k = d0; k < d1; ++k) yr[k] += v * xc[k];
-        for (int64_t k = d0; k < d1; ++k) yc[k] += v * xr[k];
-      };
-      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, B, P, T, normalize, o, d[o], g[o], idx, apply);
+    struct Entry {
+      int64_t row, col;
+      acc_t v;
+    };
+    // The entries of every output, in output order.
+    std::vector<Entry> entries;
+    entries.reserve(10 * P * T);
+    for (int64_t o = 0; o < P * T; ++o)
+      point_output_terms(c, pr, B, P, T, normalize, o, d[o], g[o], idx,
+                         [&](int64_t r, int64_t col, acc_t v) { entries.push_back({r, col, v}); });
+    // Rows of S: entry (r, c, v) adds v at (r, c) and at (c, r).
+    std::vector<int64_t> offsets(B + 1, 0);
+    for (const Entry& e : entries) {
+      ++offsets[e.row + 1];
+      ++offsets[e.col + 1];
+    }
+    for (int64_t a = 0; a < B; ++a) offsets[a + 1] += offsets[a];
+    std::vector<std::pair<int64_t, acc_t>> row_terms(offsets[B]);
+    {
+      std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+      for (const Entry& e : entries) {
+        row_terms[fill[e.row]++] = {e.col, e.v};
+        row_terms[fill[e.col]++] = {e.row, e.v};
+      }
+    }
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> slot_of(B, -1);  // column -> its slot in this row's merged terms
+      std::vector<int64_t> cols;
+      std::vector<acc_t> vals;
+      for (int64_t a = begin; a < end; ++a) {
+        cols.clear();
+        vals.clear();
+        for (int64_t e = offsets[a]; e < offsets[a + 1]; ++e) {
+          const auto& [col, v] = row_terms[e];
+          if (slot_of[col] < 0) {
+            slot_of[col] = int64_t(cols.size());
+            cols.push_back(col);
+            vals.push_back(v);
+          } else {
+            vals[slot_of[col]] += v;
+          }
+        }
+        for (const int64_t col : cols) slot_of[col] = -1;
+        weighted_row_sum(x, D, cols.data(), vals.data(), int64_t(cols.size()), out + a * D);
+      }
     });
   });
   return dX.to(X_.scalar_type());

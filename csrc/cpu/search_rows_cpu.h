@@ -1,147 +1,250 @@
-// The CPU's fast path of the hard-negative search: one task per pair p scans every candidate point
-// c = (q, r) of the other pairs in flat arrays, so that the distance arithmetic runs as plain vectorizable
-// loops, then reads off (min, argmin) with the keys of the spec. It computes exactly sq_dist() of ee_math.h
-// (same operations, same order) and is used for finite inputs; with NaN in the input the tile path, whose
-// total order propagates NaN as torch.min does, runs instead.
+// The CPU's fast path of the hard-negative search: one task per pair p scans the candidate points (q, r) of
+// the other pairs, V pairs q at a time in the lanes of one vector (V = 32 bytes / sizeof(acc_t)), keeping
+// (min, argmin) per lane in registers, then reduces the lanes with the keys of the spec. It computes
+// exactly sq_dist() of ee_math.h (same operations, same order, no FMA) and is used for finite inputs; with
+// NaN in the input the tile path, whose total order propagates NaN as torch.min does, runs instead.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../common/search_tiles.h"
+#include "lanes_cpu.h"
 
 namespace ee {
 
-// The hot loops, compiled for AVX2 as well as the baseline and picked at run time (the extension is built
-// for the baseline x86-64 ISA). Plain loops over flat arrays with selects and no reduction into one scalar,
-// so that they vectorize without -ffast-math; results are bit-identical to the scalar order.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define EE_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define EE_VECTOR_CLONES
-#endif
-
-// d2 of one candidate c from its dot-product halves, as sq_dist() computes it (clamped at 0).
+// The pairs in block layout, built once per call and shared by every row: block b holds pairs
+// q = b*V .. b*V+V-1, one per lane. Padded lanes (q >= P) read row 0 and have ||a||^2 = +inf, so that they
+// never win.
 template <typename acc_t>
-inline acc_t row_d2(const acc_t* ga, const acc_t* gb, const acc_t* nb, acc_t na, acc_t al, acc_t be, int64_t c) {
-  const acc_t v = na + nb[c] - acc_t(2) * (al * ga[c] + be * gb[c]);
-  return v > acc_t(0) ? v : acc_t(0);
-}
+struct PairBlocks {
+  static constexpr int V = Lanes<acc_t>::kWidth;
+  int64_t P, T, blocks;
+  std::vector<acc_t> alpha, beta, sqnorm;  // [block][r][lane]
+  std::vector<int64_t> k, l, label;        // [block * V + lane]: endpoints and label of pair q
 
-// Minimum of d2 over candidates [0, count), in 16 independent lanes (no store of d2).
-template <typename acc_t>
-inline acc_t min_d2_impl(const acc_t* __restrict__ ga, const acc_t* __restrict__ gb, const acc_t* __restrict__ nb,
-                         acc_t na, acc_t al, acc_t be, int64_t count) {
-  constexpr int kLanes = 16;
-  acc_t lane[kLanes];
-  for (int k = 0; k < kLanes; ++k) lane[k] = acc_t(INFINITY);
-  int64_t c = 0;
-  for (; c + kLanes <= count; c += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const acc_t v = row_d2(ga, gb, nb, na, al, be, c + k);
-      lane[k] = v < lane[k] ? v : lane[k];
-    }
-  acc_t m = acc_t(INFINITY);
-  for (; c < count; ++c) {
-    const acc_t v = row_d2(ga, gb, nb, na, al, be, c);
-    m = v < m ? v : m;
-  }
-  for (int k = 0; k < kLanes; ++k) m = lane[k] < m ? lane[k] : m;
-  return m;
-}
-
-// best[c] = min(best[c], d2[c]) with best_t[c] = t where d2 is strictly smaller (so the smallest t wins ties).
-template <typename acc_t>
-inline void keep_smaller_impl(const acc_t* __restrict__ ga, const acc_t* __restrict__ gb, const acc_t* __restrict__ nb,
-                              acc_t na, acc_t al, acc_t be, acc_t* __restrict__ best, int32_t* __restrict__ best_t,
-                              int32_t t, int64_t count) {
-  for (int64_t c = 0; c < count; ++c) {
-    const acc_t v = row_d2(ga, gb, nb, na, al, be, c);
-    const bool better = v < best[c];
-    best[c] = better ? v : best[c];
-    best_t[c] = better ? t : best_t[c];
-  }
-}
-
-EE_VECTOR_CLONES inline float min_d2(const float* ga, const float* gb, const float* nb, float na, float al, float be,
-                                     int64_t count) {
-  return min_d2_impl(ga, gb, nb, na, al, be, count);
-}
-EE_VECTOR_CLONES inline double min_d2(const double* ga, const double* gb, const double* nb, double na, double al,
-                                      double be, int64_t count) {
-  return min_d2_impl(ga, gb, nb, na, al, be, count);
-}
-EE_VECTOR_CLONES inline void keep_smaller(const float* ga, const float* gb, const float* nb, float na, float al,
-                                          float be, float* best, int32_t* best_t, int32_t t, int64_t count) {
-  keep_smaller_impl(ga, gb, nb, na, al, be, best, best_t, t, count);
-}
-EE_VECTOR_CLONES inline void keep_smaller(const double* ga, const double* gb, const double* nb, double na, double al,
-                                          double be, double* best, int32_t* best_t, int32_t t, int64_t count) {
-  keep_smaller_impl(ga, gb, nb, na, al, be, best, best_t, t, count);
-}
-
-// Per candidate c = q*T + r, for a fixed pair p = (i, j): ga = <a(q,r), x_i>, gb = <a(q,r), x_j> from Gram
-// entries, and ||a(q,r)||^2, or +inf where q has p's label (so that same-label candidates never win).
-template <typename acc_t>
-struct CandidateRows {
-  std::vector<acc_t> ga, gb, nb;
-  explicit CandidateRows(int64_t count) : ga(count), gb(count), nb(count) {}
-
-  // Fills the candidates of pairs q >= first (the others are left as they are).
-  void fill(const SearchArgs<acc_t>& a, int64_t p, int64_t first = 0) {
-    const int64_t T = a.T, B = a.B, label = a.pair_label[p];
-    const acc_t* gi = a.gram + a.pairs[2 * p] * B;
-    const acc_t* gj = a.gram + a.pairs[2 * p + 1] * B;
-    for (int64_t q = first; q < a.P; ++q) {
-      const int64_t k = a.pairs[2 * q], l = a.pairs[2 * q + 1];
-      const acc_t g_ik = gi[k], g_il = gi[l], g_jk = gj[k], g_jl = gj[l];
-      const bool same = a.pair_label[q] == label;
+  explicit PairBlocks(const SearchArgs<acc_t>& a)
+      : P(a.P), T(a.T), blocks((a.P + V - 1) / V), alpha(blocks * T * V, acc_t(0)), beta(alpha.size(), acc_t(0)),
+        sqnorm(alpha.size(), acc_t(INFINITY)), k(blocks * V, 0), l(k.size(), 0), label(k.size(), 0) {
+    for (int64_t q = 0; q < P; ++q) {
+      const int64_t lane = (q / V) * V * T + q % V;
       for (int64_t r = 0; r < T; ++r) {
-        const PointCoef<acc_t> b = a.coef[q * T + r];
-        ga[q * T + r] = b.alpha * g_ik + b.beta * g_il;
-        gb[q * T + r] = b.alpha * g_jk + b.beta * g_jl;
-        nb[q * T + r] = same ? acc_t(INFINITY) : b.sqnorm;
+        const PointCoef<acc_t> c = a.coef[q * T + r];
+        alpha[lane + r * V] = c.alpha;
+        beta[lane + r * V] = c.beta;
+        sqnorm[lane + r * V] = c.sqnorm;
       }
+      k[q] = a.pairs[2 * q];
+      l[q] = a.pairs[2 * q + 1];
+      label[q] = a.pair_label[q];
     }
   }
-
 };
 
-// Candidates are visited in chunks small enough to stay in L1 while every t of the row is scanned.
-constexpr int64_t kChunkPairs = 64;
+// What row p reads besides the blocks: its pair's Gram rows, its label and its points' coefficients.
+template <typename acc_t>
+struct RowArgs {
+  const acc_t *gi, *gj;
+  int64_t label;
+  const PointCoef<acc_t>* coef;  // coef[t], t < T
+};
 
-// hard_negative_points, row p: dist[p, t] and its first minimizer c = q*T + r.
-template <typename acc_t, typename scalar_t>
-void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
-  const int64_t T = a.T, count = a.P * T, chunk = kChunkPairs * T;
-  at::parallel_for(0, a.P, 1, [&](int64_t begin, int64_t end) {
-    CandidateRows<acc_t> rows(count);
-    std::vector<acc_t> best(T);
-    std::vector<int64_t> best_c(T);
-    for (int64_t p = begin; p < end; ++p) {
-      rows.fill(a, p);
-      std::fill(best.begin(), best.end(), acc_t(INFINITY));
-      std::fill(best_c.begin(), best_c.end(), int64_t(-1));
-      for (int64_t c0 = 0; c0 < count; c0 += chunk) {
-        const int64_t len = std::min(chunk, count - c0);
-        const acc_t *ga = rows.ga.data() + c0, *gb = rows.gb.data() + c0, *nb = rows.nb.data() + c0;
-        for (int64_t t = 0; t < T; ++t) {
-          const PointCoef<acc_t> at = a.coef[p * T + t];
-          const acc_t m = min_d2(ga, gb, nb, at.sqnorm, at.alpha, at.beta, len);
-          if (!(m < best[t])) continue;  // strict: an earlier chunk keeps its tie
-          int64_t c = 0;  // the first minimizer: the same arithmetic gives the same bits
-          while (c < len && row_d2(ga, gb, nb, at.sqnorm, at.alpha, at.beta, c) != m) ++c;
-          if (c == len) continue;
-          best[t] = m;
-          best_c[t] = c0 + c;
+template <typename acc_t>
+RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p) {
+  return RowArgs<acc_t>{a.gram + a.pairs[2 * p] * a.B, a.gram + a.pairs[2 * p + 1] * a.B, a.pair_label[p],
+                        a.coef + p * a.T};
+}
+
+// The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: ga = <a(q,r), x_i>
+// and gb = <a(q,r), x_j> (from Gram entries, as sq_dist() forms them) and nb = ||a(q,r)||^2, or +inf where q
+// has p's label.
+template <typename acc_t>
+EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf) {
+  using L = Lanes<acc_t>;
+  using V = typename L::V;
+  using K = typename L::K;
+  constexpr int W = L::kWidth;
+  V g_ik, g_il, g_jk, g_jl;
+  K same;
+  for (int e = 0; e < W; ++e) {
+    const int64_t k = pb.k[b * W + e], l = pb.l[b * W + e];
+    g_ik[e] = row.gi[k];
+    g_il[e] = row.gi[l];
+    g_jk[e] = row.gj[k];
+    g_jl[e] = row.gj[l];
+    same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
+  }
+  const int64_t off = b * pb.T * W;
+  for (int64_t r = 0; r < pb.T; ++r) {
+    const V al = load_lanes<V>(pb.alpha.data() + off + r * W), be = load_lanes<V>(pb.beta.data() + off + r * W);
+    const V nb = load_lanes<V>(pb.sqnorm.data() + off + r * W);
+    store_lanes(buf + (3 * r) * W, al * g_ik + be * g_il);
+    store_lanes(buf + (3 * r + 1) * W, al * g_jk + be * g_jl);
+    store_lanes(buf + (3 * r + 2) * W, same ? (V{} + acc_t(INFINITY)) : nb);
+  }
+}
+
+// d2 of a(p, t) against the V candidates of one (block, r) of buf: sq_dist()'s operations in its order,
+// clamped at 0.
+template <typename acc_t, typename V = typename Lanes<acc_t>::V>
+EE_LANES_INLINE V lane_d2(const acc_t* cand, const PointCoef<acc_t>& at) {
+  constexpr int W = Lanes<acc_t>::kWidth;
+  const V ga = load_lanes<V>(cand), gb = load_lanes<V>(cand + W), nb = load_lanes<V>(cand + 2 * W);
+  const V v = (at.sqnorm + nb) - acc_t(2) * (at.alpha * ga + at.beta * gb);
+  return v > acc_t(0) ? v : V{};
+}
+
+// Candidate blocks per pass over the points t of a row: few enough that their candidates stay in L1.
+constexpr int64_t kChunkBlocks = 8;
+
+// hard_negative_points, row p: per t and lane, the minimum d2 and the key q*T + r of its first minimizer,
+// into m[t*V + lane], key[t*V + lane] (key -1: no candidate). Within a lane, blocks and r come in increasing
+// key order and only a strictly smaller d2 replaces the state, so each lane keeps its smallest key among
+// ties. Two t at a time share the candidate loads and give two independent dependency chains. `buf` holds
+// kChunkBlocks * 3T * V elements.
+template <typename acc_t>
+EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, acc_t* buf, acc_t* state_m,
+                           typename Lanes<acc_t>::key_t* state_k) {
+  using L = Lanes<acc_t>;
+  using V = typename L::V;
+  using K = typename L::K;
+  using key_t = typename L::key_t;
+  constexpr int W = L::kWidth;
+  const int64_t T = pb.T;
+  K lane_key;  // lane e holds pair q = b*V + e: key (b*V + e)*T + r = lane_key[e] + b*V*T + r
+  for (int e = 0; e < W; ++e) lane_key[e] = key_t(e * T);
+  for (int64_t t = 0; t < T; ++t) {
+    store_lanes(state_m + t * W, V{} + acc_t(INFINITY));
+    store_lanes(state_k + t * W, K{} - 1);
+  }
+  for (int64_t b0 = 0; b0 < pb.blocks; b0 += kChunkBlocks) {
+    const int64_t b1 = std::min(pb.blocks, b0 + kChunkBlocks);
+    for (int64_t b = b0; b < b1; ++b) fill_block(pb, row, b, buf + (b - b0) * 3 * T * W);
+    for (int64_t t = 0; t < T; t += 2) {
+      const bool two = t + 1 < T;
+      const PointCoef<acc_t> a0 = row.coef[t], a1 = row.coef[two ? t + 1 : t];
+      V m0 = load_lanes<V>(state_m + t * W), m1 = two ? load_lanes<V>(state_m + (t + 1) * W) : m0;
+      K k0 = load_lanes<K>(state_k + t * W), k1 = two ? load_lanes<K>(state_k + (t + 1) * W) : k0;
+      for (int64_t b = b0; b < b1; ++b) {
+        const acc_t* cand = buf + (b - b0) * 3 * T * W;
+        for (int64_t r = 0; r < T; ++r) {
+          const K key = lane_key + key_t(b * W * T + r);
+          const V v0 = lane_d2(cand + 3 * r * W, a0), v1 = lane_d2(cand + 3 * r * W, a1);
+          const K better0 = v0 < m0, better1 = v1 < m1;
+          m0 = better0 ? v0 : m0;
+          k0 = better0 ? key : k0;
+          m1 = better1 ? v1 : m1;
+          k1 = better1 ? key : k1;
         }
       }
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = p * T + t, c = best_c[t];
-        dist[o] = scalar_t(c < 0 ? acc_t(INFINITY) : std::sqrt(best[t]));
+      store_lanes(state_m + t * W, m0);
+      store_lanes(state_k + t * W, k0);
+      if (two) {
+        store_lanes(state_m + (t + 1) * W, m1);
+        store_lanes(state_k + (t + 1) * W, k1);
+      }
+    }
+  }
+}
+
+// hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers: m is the
+// minimum d2, kpq its smallest key t*T + r (t-major visit, strict <) and kqp its smallest key r*T + t (the
+// output (q, p) in its own terms); kpq = -1 where there is no candidate. Even and odd t run as two
+// independent chains that share the candidate loads and are merged at the end. `buf` holds 3T * V elements.
+template <typename acc_t>
+EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
+                            acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
+                            typename Lanes<acc_t>::key_t* out_kqp) {
+  using L = Lanes<acc_t>;
+  using V = typename L::V;
+  using K = typename L::K;
+  using key_t = typename L::key_t;
+  const int64_t T = pb.T;
+  constexpr int W = L::kWidth;
+  fill_block(pb, row, b, buf);
+  struct Chain {
+    V m;
+    K kpq, kqp;
+    EE_LANES_INLINE void visit(const V& v, key_t key_pq, key_t key_qp) {
+      const K lt = v < m, tie = (v == m) & (kqp > key_qp);
+      m = lt ? v : m;
+      kpq = lt ? (K{} + key_pq) : kpq;
+      kqp = (lt | tie) ? (K{} + key_qp) : kqp;
+    }
+  };
+  Chain even{V{} + acc_t(INFINITY), K{} - 1, K{} - 1}, odd = even;
+  for (int64_t t = 0; t < T; t += 2) {
+    const bool two = t + 1 < T;
+    const PointCoef<acc_t> a0 = row.coef[t], a1 = row.coef[two ? t + 1 : t];
+    for (int64_t r = 0; r < T; ++r) {
+      const acc_t* cand = buf + 3 * r * W;
+      even.visit(lane_d2(cand, a0), key_t(t * T + r), key_t(r * T + t));
+      if (two) odd.visit(lane_d2(cand, a1), key_t((t + 1) * T + r), key_t(r * T + t + 1));
+    }
+  }
+  // Merge: the smaller minimum; on equal minima the smaller of each key (-1 only where neither has one).
+  const K lt = odd.m < even.m, eq = odd.m == even.m;
+  const K both = (even.kpq >= 0) & (odd.kpq >= 0);
+  const K kpq_min = both ? (even.kpq < odd.kpq ? even.kpq : odd.kpq) : (even.kpq >= 0 ? even.kpq : odd.kpq);
+  const K kqp_min = even.kqp < odd.kqp ? even.kqp : odd.kqp;
+  store_lanes(out_m, lt ? odd.m : even.m);
+  store_lanes(out_kpq, lt ? odd.kpq : (eq ? kpq_min : even.kpq));
+  store_lanes(out_kqp, lt ? odd.kqp : (eq ? kqp_min : even.kqp));
+}
+
+EE_VECTOR_CLONES inline void point_row(const PairBlocks<float>& pb, const RowArgs<float>& row, float* buf, float* m,
+                                       int32_t* k) {
+  point_row_impl(pb, row, buf, m, k);
+}
+EE_VECTOR_CLONES inline void point_row(const PairBlocks<double>& pb, const RowArgs<double>& row, double* buf,
+                                       double* m, int64_t* k) {
+  point_row_impl(pb, row, buf, m, k);
+}
+EE_VECTOR_CLONES inline void pair_block(const PairBlocks<float>& pb, const RowArgs<float>& row, int64_t b, float* buf,
+                                        float* m, int32_t* kpq, int32_t* kqp) {
+  pair_block_impl(pb, row, b, buf, m, kpq, kqp);
+}
+EE_VECTOR_CLONES inline void pair_block(const PairBlocks<double>& pb, const RowArgs<double>& row, int64_t b,
+                                        double* buf, double* m, int64_t* kpq, int64_t* kqp) {
+  pair_block_impl(pb, row, b, buf, m, kpq, kqp);
+}
+
+// Whether the row path's keys fit its lanes' integers (int32 for float): q*T + r for points, T*T for pairs.
+template <typename acc_t>
+bool row_keys_fit(int64_t P, int64_t T, bool points) {
+  const int64_t bound = points ? (P + Lanes<acc_t>::kWidth) * T : T * T;
+  return bound < int64_t(std::numeric_limits<typename Lanes<acc_t>::key_t>::max());
+}
+
+// hard_negative_points: dist[p, t] and its first minimizer c = q*T + r, one task per row p.
+template <typename acc_t, typename scalar_t>
+void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
+  using key_t = typename Lanes<acc_t>::key_t;
+  constexpr int W = Lanes<acc_t>::kWidth;
+  const int64_t T = a.T;
+  const PairBlocks<acc_t> pb(a);
+  at::parallel_for(0, a.P, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(kChunkBlocks * 3 * T * W), state_m(T * W);
+    std::vector<key_t> state_k(T * W);
+    for (int64_t p = begin; p < end; ++p) {
+      point_row(pb, row_args(a, p), buf.data(), state_m.data(), state_k.data());
+      for (int64_t t = 0; t < T; ++t) {  // the lanes' (min, smallest key)
+        acc_t m = acc_t(INFINITY);
+        int64_t c = -1;
+        for (int e = 0; e < W; ++e) {
+          const acc_t v = state_m[t * W + e];
+          const int64_t key = state_k[t * W + e];
+          if (key >= 0 && (c < 0 || v < m || (v == m && key < c))) {
+            m = v;
+            c = key;
+          }
+        }
+        const int64_t o = p * T + t;
+        dist[o] = scalar_t(c < 0 ? acc_t(INFINITY) : std::sqrt(m));
         index[2 * o] = c < 0 ? -1 : c / T;
         index[2 * o + 1] = c < 0 ? -1 : c % T;
       }
@@ -149,49 +252,35 @@ void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) 
   });
 }
 
-// hard_negative_pairs. The task of row p scans the unordered pairs (p, q), q >= p, once and writes both
-// outputs: per candidate (q, r) it keeps the minimum over t with the smallest such t, from which
-// (p, q) takes the smallest t*T + r and (q, p), in its own terms, the smallest r*T + t among ties (the
-// tile path's two argmins). Rows go to tasks in pairs (k, P-1-k), so that each gets as much of the triangle.
+// hard_negative_pairs. The task of row p scans the unordered pairs (p, q), q >= p, once (from p's block on;
+// lanes q < p are computed and dropped) and writes both outputs (p, q) and (q, p). Rows go to tasks in
+// pairs (k, P-1-k), so that each gets as much of the triangle.
 template <typename acc_t, typename scalar_t>
 void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
+  using key_t = typename Lanes<acc_t>::key_t;
+  constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = a.T, P = a.P;
+  const PairBlocks<acc_t> pb(a);
   at::parallel_for(0, (P + 1) / 2, 1, [&](int64_t begin, int64_t end) {
-    CandidateRows<acc_t> rows(P * T);
-    std::vector<acc_t> best(kChunkPairs * T);
-    std::vector<int32_t> best_t(kChunkPairs * T);
+    std::vector<acc_t> buf(3 * T * W);
+    acc_t m[W];
+    key_t kpq[W], kqp[W];
     auto row = [&](int64_t p) {
-      rows.fill(a, p, p);
-      for (int64_t q0 = p; q0 < P; q0 += kChunkPairs) {
-        const int64_t nq = std::min(kChunkPairs, P - q0), len = nq * T, c0 = q0 * T;
-        std::fill(best.begin(), best.begin() + len, acc_t(INFINITY));
-        std::fill(best_t.begin(), best_t.begin() + len, 0);
-        for (int64_t t = 0; t < T; ++t) {  // per candidate, the smallest d2 over t (strict <: smallest t wins)
-          const PointCoef<acc_t> at = a.coef[p * T + t];
-          keep_smaller(rows.ga.data() + c0, rows.gb.data() + c0, rows.nb.data() + c0, at.sqnorm, at.alpha, at.beta,
-                       best.data(), best_t.data(), int32_t(t), len);
-        }
-        for (int64_t e = 0; e < nq; ++e) {
-          acc_t m = acc_t(INFINITY);
-          int64_t key = INT64_MAX, r_first = -1;
-          for (int64_t r = 0; r < T; ++r) {
-            const int64_t c = e * T + r, k = int64_t(best_t[c]) * T + r;
-            if (best[c] < m || (best[c] == m && k < key)) {
-              m = best[c];
-              key = k;
-            }
-          }
-          for (int64_t r = 0; r < T && r_first < 0; ++r)  // (q, p): the smallest r attaining m
-            if (best[e * T + r] == m) r_first = r;
-          const int64_t q = q0 + e, pq = p * P + q, qp = q * P + p;
-          const bool found = m < acc_t(INFINITY);
-          const scalar_t d = scalar_t(found ? std::sqrt(m) : acc_t(INFINITY));
+      const RowArgs<acc_t> ra = row_args(a, p);
+      for (int64_t b = p / W; b < pb.blocks; ++b) {
+        pair_block(pb, ra, b, buf.data(), m, kpq, kqp);
+        for (int e = 0; e < W; ++e) {
+          const int64_t q = b * W + e;
+          if (q < p || q >= P) continue;
+          const int64_t pq = p * P + q, qp = q * P + p;
+          const bool found = kpq[e] >= 0;
+          const scalar_t d = scalar_t(found ? std::sqrt(m[e]) : acc_t(INFINITY));
           dist[pq] = d;
           dist[qp] = d;
-          index[2 * pq] = found ? key / T : -1;
-          index[2 * pq + 1] = found ? key % T : -1;
-          index[2 * qp] = found ? r_first : -1;
-          index[2 * qp + 1] = found ? int64_t(best_t[e * T + r_first]) : -1;
+          index[2 * pq] = found ? kpq[e] / T : -1;
+          index[2 * pq + 1] = found ? kpq[e] % T : -1;
+          index[2 * qp] = found ? kqp[e] / T : -1;
+          index[2 * qp + 1] = found ? kqp[e] % T : -1;
         }
       }
     };

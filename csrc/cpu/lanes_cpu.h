@@ -1,0 +1,60 @@
+// Vectors for the CPU's hot loops, written with the GCC/Clang vector extensions, so that one source gives
+// AVX2 code in an AVX2 clone and SSE code in the baseline one, with no intrinsics and bit-identical results
+// in both (setup.py compiles with -ffp-contract=off: no FMA contraction).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+// The vector types only appear in functions that are inlined into the clones, never at a call boundary, so
+// the ABI note GCC gives for 32-byte vectors without AVX does not apply (this header is included by the
+// CPU sources only).
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace ee {
+
+// The hot loops, compiled for AVX2 as well as the baseline and picked at run time (the extension is built
+// for the baseline x86-64 ISA).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define EE_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EE_VECTOR_CLONES
+#endif
+// Everything the clones call is forced inline, so that it is compiled for the clone's ISA (a call out to
+// a baseline copy would run the loops in SSE and pass vectors through memory).
+#if defined(__GNUC__)
+#define EE_LANES_INLINE inline __attribute__((always_inline))
+#else
+#define EE_LANES_INLINE inline
+#endif
+
+// One vector of V lanes of acc_t, and the vector of integers (keys, masks) of the same width.
+template <typename acc_t>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t K __attribute__((vector_size(32)));
+  typedef int32_t key_t;
+  static constexpr int kWidth = 8;
+};
+template <>
+struct Lanes<double> {
+  typedef double V __attribute__((vector_size(32)));
+  typedef int64_t K __attribute__((vector_size(32)));
+  typedef int64_t key_t;
+  static constexpr int kWidth = 4;
+};
+
+template <typename T, typename E>
+EE_LANES_INLINE T load_lanes(const E* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <typename T, typename E>
+EE_LANES_INLINE void store_lanes(E* p, const T& v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+}  // namespace ee
