@@ -83,9 +83,13 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
     if not _in_bench_run(config):
         return
+    # The cyclic garbage collector off while timing, as timeit does: the timed calls allocate Python objects
+    # (autograd, dispatch), and a collection pass over pytest's large heap otherwise lands in some of them.
+    config.option.benchmark_disable_gc = True
     threads = config.getoption("bench_threads")
     if threads > 0:
         torch.set_num_threads(threads)

@@ -521,7 +521,9 @@ def main(argv=None):
         "error ≤ 1e-2; a case that fails is reported as an error, not timed.",
         "- **Timing.** pytest-benchmark `pedantic`, after the checked warm-up call: fused cases ~1 s of rounds "
         "(≥ 3 rounds, iterations for calls under 5 ms), reference cases ~3 s (1 round for calls over 3 s, whose "
-        "single timed call is the one checked). Median reported. Cases run in priority order under a time "
+        "single timed call is the one checked). Median reported. Python's cyclic garbage collector is off during "
+        "the timed calls of every implementation (as `timeit` does; `bench/conftest.py` sets pytest-benchmark's "
+        "`--benchmark-disable-gc`). Cases run in priority order under a time "
         "budget (`--bench-budget`); what does not fit is skipped and listed.",
         "- **Memory (CPU).** Peak extra resident memory of one call: `malloc_trim`, reset of the kernel's "
         "high-water mark through `/proc/self/clear_refs`, then `VmHWM - VmRSS(before)`; glibc's mmap threshold "

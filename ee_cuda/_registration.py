@@ -71,10 +71,16 @@ def _setup_search(ctx, inputs, output):
     dist, index = output
     ctx.save_for_backward(X, pairs, dist, index)
     ctx.n_inner, ctx.normalize = n_inner, normalize
+    # index has no gradient; without this autograd would hand the backward a zero int64 tensor of index's
+    # shape (P x P x 2 for hard_negative_pairs: 8x the memory of dist).
+    ctx.mark_non_differentiable(index)
+    ctx.set_materialize_grads(False)
 
 
 def _search_backward(op):
     def backward(ctx, grad_dist, grad_index):
+        if grad_dist is None:
+            return None, None, None, None, None
         X, pairs, dist, index = ctx.saved_tensors
         dX = op(grad_dist.contiguous(), X, pairs, dist, index, ctx.n_inner, ctx.normalize)
         return dX, None, None, None, None

@@ -21,6 +21,7 @@
 #include "coef_table_cpu.h"
 #include "row_sums_cpu.h"
 #include "search_rows_cpu.h"
+#include "symmetric_cpu.h"
 
 namespace ee {
 namespace {
@@ -71,7 +72,8 @@ void run_point_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* ind
 }
 
 // G = X X^T. G is symmetric, so for large B only the blocks on and above the diagonal are multiplied (BLAS
-// writes them into G's storage) and the others are mirrored: 10 of 16 block products.
+// writes them into G's storage, 10 of 16 block products) and the upper triangle is mirrored, which also
+// makes G exactly symmetric.
 Tensor gram_cpu(const Tensor& X) {
   constexpr int64_t kBlocks = 4, kMinRows = 512;
   const int64_t B = X.size(0);
@@ -84,9 +86,9 @@ Tensor gram_cpu(const Tensor& X) {
       const int64_t nj = std::min(rows, B - j0);
       Tensor block = G.narrow(0, i0, ni).narrow(1, j0, nj);
       at::mm_out(block, X.narrow(0, i0, ni), X.narrow(0, j0, nj).t());
-      if (j0 != i0) G.narrow(0, j0, nj).narrow(1, i0, ni).copy_(block.t());
     }
   }
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "gram_cpu", [&] { mirror_upper(G.data_ptr<scalar_t>(), B); });
   return G;
 }
 
@@ -211,23 +213,6 @@ PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B) {
   return pc;
 }
 
-// dG + dG^T in place (the backward needs only this sum), in cache-sized blocks.
-template <typename acc_t>
-void symmetrize_in_place(acc_t* g, int64_t B) {
-  constexpr int64_t kBlock = 64;
-  const int64_t nb = (B + kBlock - 1) / kBlock;
-  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bi = begin; bi < end; ++bi)
-      for (int64_t bj = bi; bj < nb; ++bj)
-        for (int64_t i = bi * kBlock; i < std::min(B, (bi + 1) * kBlock); ++i)
-          for (int64_t j = std::max(i, bj * kBlock); j < std::min(B, (bj + 1) * kBlock); ++j) {
-            const acc_t v = g[i * B + j] + g[j * B + i];
-            g[i * B + j] = v;
-            g[j * B + i] = v;
-          }
-  });
-}
-
 // hard_negative_pairs has P x P outputs: their dG terms are gathered into a dense dG, then
 // dX = (dG + dG^T) X, one B x B x D product. Each output (p, q) is computed once, by the task of p's
 // component: its cross entries have their row in p's pair, owned by the task, and go straight into dG; the
@@ -292,17 +277,18 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
   return at::mm(dG, X).to(X_.scalar_type());
 }
 
-// hard_negative_points has P x T outputs, few next to B x B: their dG terms (at most 10 each) are listed,
-// mirrored into the rows of S = dG + dG^T, merged per (row, column), and each row of dX = S X is summed from
-// the rows of X its entries name, O(entries * D) instead of a B x B x D product. Every row of dX is owned
-// by one task.
+// hard_negative_points has P x T outputs, few next to B x B: dX = (dG + dG^T) X is summed in D-space from
+// dG's entries, O(entries * D) instead of a B x B x D product. The four cross entries of each output are
+// listed; the own entries are summed per point, then per pair (three entries each), and listed last. The
+// list is flushed every kFlushEntries entries (bounded memory): mirrored into the rows of S = dG + dG^T,
+// merged per (row, column), and each row of dX adds the rows of X its entries name (rows owned by tasks).
 Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                          const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, true);
   const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  Tensor dX = at::empty({B, D}, X.options());
+  Tensor dX = at::zeros({B, D}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
@@ -315,48 +301,79 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
       int64_t row, col;
       acc_t v;
     };
-    // The entries of every output, in output order.
+    constexpr size_t kFlushEntries = 2048;
     std::vector<Entry> entries;
-    entries.reserve(10 * P * T);
-    for (int64_t o = 0; o < P * T; ++o)
-      point_output_terms(c, pr, B, P, T, normalize, o, d[o], g[o], idx,
-                         [&](int64_t r, int64_t col, acc_t v) { entries.push_back({r, col, v}); });
-    // Rows of S: entry (r, c, v) adds v at (r, c) and at (c, r).
-    std::vector<int64_t> offsets(B + 1, 0);
-    for (const Entry& e : entries) {
-      ++offsets[e.row + 1];
-      ++offsets[e.col + 1];
-    }
-    for (int64_t a = 0; a < B; ++a) offsets[a + 1] += offsets[a];
-    std::vector<std::pair<int64_t, acc_t>> row_terms(offsets[B]);
-    {
-      std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+    entries.reserve(kFlushEntries);
+    std::vector<int64_t> offsets(B + 1), fill(B);
+    std::vector<std::pair<int64_t, acc_t>> row_terms(2 * kFlushEntries);
+    auto flush = [&] {
+      std::fill(offsets.begin(), offsets.end(), 0);
+      for (const Entry& e : entries) {  // entry (r, c, v) adds v at (r, c) and at (c, r) of S
+        ++offsets[e.row + 1];
+        ++offsets[e.col + 1];
+      }
+      for (int64_t a = 0; a < B; ++a) offsets[a + 1] += offsets[a];
+      std::copy(offsets.begin(), offsets.end() - 1, fill.begin());
       for (const Entry& e : entries) {
         row_terms[fill[e.row]++] = {e.col, e.v};
         row_terms[fill[e.col]++] = {e.row, e.v};
       }
-    }
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> slot_of(B, -1);  // column -> its slot in this row's merged terms
-      std::vector<int64_t> cols;
-      std::vector<acc_t> vals;
-      for (int64_t a = begin; a < end; ++a) {
-        cols.clear();
-        vals.clear();
-        for (int64_t e = offsets[a]; e < offsets[a + 1]; ++e) {
-          const auto& [col, v] = row_terms[e];
-          if (slot_of[col] < 0) {
-            slot_of[col] = int64_t(cols.size());
-            cols.push_back(col);
-            vals.push_back(v);
-          } else {
-            vals[slot_of[col]] += v;
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        std::vector<int64_t> slot_of(B, -1);  // column -> its slot in this row's merged terms
+        std::vector<int64_t> cols;
+        std::vector<acc_t> vals;
+        for (int64_t a = begin; a < end; ++a) {
+          if (offsets[a] == offsets[a + 1]) continue;
+          cols.clear();
+          vals.clear();
+          for (int64_t e = offsets[a]; e < offsets[a + 1]; ++e) {
+            const auto& [col, v] = row_terms[e];
+            if (slot_of[col] < 0) {
+              slot_of[col] = int64_t(cols.size());
+              cols.push_back(col);
+              vals.push_back(v);
+            } else {
+              vals[slot_of[col]] += v;
+            }
           }
+          for (const int64_t col : cols) slot_of[col] = -1;
+          add_weighted_rows(x, D, cols.data(), vals.data(), int64_t(cols.size()), out + a * D);
         }
-        for (const int64_t col : cols) slot_of[col] = -1;
-        weighted_row_sum(x, D, cols.data(), vals.data(), int64_t(cols.size()), out + a * D);
+      });
+      entries.clear();
+    };
+    auto add = [&](int64_t r, int64_t col, acc_t v) {
+      entries.push_back({r, col, v});
+      if (entries.size() == kFlushEntries) flush();
+    };
+    std::vector<acc_t> own(P * T, acc_t(0));  // per point: the sum of its own entries' factors
+    for (int64_t o = 0; o < P * T; ++o) {
+      const int64_t q = idx[2 * o], r = idx[2 * o + 1];
+      if (q < 0 || r < 0 || q >= P || r >= T) continue;
+      const PointRef<acc_t> pa = point_ref(c, pr, B, o / T, o % T, T), pb = point_ref(c, pr, B, q, r, T);
+      const DistanceGrad<acc_t> gr = distance_grad(pa, pb, normalize, d[o], g[o]);
+      if (!gr.any) continue;
+      add(pa.i, pb.i, gr.cross * gr.aa * gr.ab);
+      add(pa.i, pb.j, gr.cross * gr.aa * gr.bb);
+      add(pa.j, pb.i, gr.cross * gr.ba * gr.ab);
+      add(pa.j, pb.j, gr.cross * gr.ba * gr.bb);
+      own[o] += gr.own_a;
+      own[q * T + r] += gr.own_b;
+    }
+    for (int64_t q = 0; q < P; ++q) {
+      acc_t kk = 0, kl = 0, ll = 0;
+      for (int64_t r = 0; r < T; ++r) {
+        acc_t ii, ij, jj;
+        own_weights<acc_t>(r, n, ii, ij, jj);
+        kk += own[q * T + r] * ii;
+        kl += own[q * T + r] * ij;
+        ll += own[q * T + r] * jj;
       }
-    });
+      if (kk != acc_t(0)) add(pr[2 * q], pr[2 * q], kk);
+      if (kl != acc_t(0)) add(pr[2 * q], pr[2 * q + 1], kl);
+      if (ll != acc_t(0)) add(pr[2 * q + 1], pr[2 * q + 1], ll);
+    }
+    flush();
   });
   return dX.to(X_.scalar_type());
 }

@@ -154,11 +154,13 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
 // hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers: m is the
 // minimum d2, kpq its smallest key t*T + r (t-major visit, strict <) and kqp its smallest key r*T + t (the
 // output (q, p) in its own terms); kpq = -1 where there is no candidate. Even and odd t run as two
-// independent chains that share the candidate loads and are merged at the end. `buf` holds 3T * V elements.
+// independent chains that share the candidate loads. A lane's unique minimizer (t, r) gives both keys;
+// lanes where the minimum is attained more than once (`tied`: rare, but every duplicate point makes one)
+// are rescanned in scalar code, with the same arithmetic, for kqp. `buf` holds 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
-                            acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
-                            typename Lanes<acc_t>::key_t* out_kqp) {
+                                     acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
+                                     typename Lanes<acc_t>::key_t* out_kqp) {
   using L = Lanes<acc_t>;
   using V = typename L::V;
   using K = typename L::K;
@@ -168,32 +170,49 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
   fill_block(pb, row, b, buf);
   struct Chain {
     V m;
-    K kpq, kqp;
-    EE_LANES_INLINE void visit(const V& v, key_t key_pq, key_t key_qp) {
-      const K lt = v < m, tie = (v == m) & (kqp > key_qp);
+    K kpq, tied;  // tied: a candidate after the current minimum's equalled it
+    EE_LANES_INLINE void visit(const V& v, key_t key) {
+      const K lt = v < m, eq = v == m;
       m = lt ? v : m;
-      kpq = lt ? (K{} + key_pq) : kpq;
-      kqp = (lt | tie) ? (K{} + key_qp) : kqp;
+      kpq = lt ? (K{} + key) : kpq;
+      tied = (tied | eq) & ~lt;
     }
   };
-  Chain even{V{} + acc_t(INFINITY), K{} - 1, K{} - 1}, odd = even;
+  Chain even{V{} + acc_t(INFINITY), K{} - 1, K{}}, odd = even;
   for (int64_t t = 0; t < T; t += 2) {
     const bool two = t + 1 < T;
     const PointCoef<acc_t> a0 = row.coef[t], a1 = row.coef[two ? t + 1 : t];
     for (int64_t r = 0; r < T; ++r) {
       const acc_t* cand = buf + 3 * r * W;
-      even.visit(lane_d2(cand, a0), key_t(t * T + r), key_t(r * T + t));
-      if (two) odd.visit(lane_d2(cand, a1), key_t((t + 1) * T + r), key_t(r * T + t + 1));
+      even.visit(lane_d2(cand, a0), key_t(t * T + r));
+      if (two) odd.visit(lane_d2(cand, a1), key_t((t + 1) * T + r));
     }
   }
-  // Merge: the smaller minimum; on equal minima the smaller of each key (-1 only where neither has one).
-  const K lt = odd.m < even.m, eq = odd.m == even.m;
-  const K both = (even.kpq >= 0) & (odd.kpq >= 0);
-  const K kpq_min = both ? (even.kpq < odd.kpq ? even.kpq : odd.kpq) : (even.kpq >= 0 ? even.kpq : odd.kpq);
-  const K kqp_min = even.kqp < odd.kqp ? even.kqp : odd.kqp;
-  store_lanes(out_m, lt ? odd.m : even.m);
-  store_lanes(out_kpq, lt ? odd.kpq : (eq ? kpq_min : even.kpq));
-  store_lanes(out_kqp, lt ? odd.kqp : (eq ? kqp_min : even.kqp));
+  // Merge: the smaller minimum wins; equal minima in both chains are a tie (kpq: the smaller key).
+  const K lt = odd.m < even.m, gt = even.m < odd.m;
+  const V m = lt ? odd.m : even.m;
+  const K kpq = lt ? odd.kpq : (gt ? even.kpq : (odd.kpq < even.kpq ? odd.kpq : even.kpq));
+  const K tied = lt ? odd.tied : (gt ? even.tied : (even.tied | odd.tied | K{} - 1));
+  key_t tied_lanes[W];
+  store_lanes(out_m, m);
+  store_lanes(out_kpq, kpq);
+  store_lanes(tied_lanes, tied);
+  for (int e = 0; e < W; ++e) {
+    const key_t k = out_kpq[e];
+    out_kqp[e] = k < 0 ? key_t(-1) : key_t((k % T) * T + k / T);
+    if (k < 0 || !tied_lanes[e]) continue;
+    // The first minimizer in r-major order, with lane_d2's operations on this lane.
+    for (int64_t r = 0; r < T; ++r)
+      for (int64_t t = 0; t < T; ++t) {
+        const PointCoef<acc_t> at = row.coef[t];
+        const acc_t* cand = buf + 3 * r * W + e;
+        const acc_t v = (at.sqnorm + cand[2 * W]) - acc_t(2) * (at.alpha * cand[0] + at.beta * cand[W]);
+        if ((v > acc_t(0) ? v : acc_t(0)) == out_m[e]) {
+          out_kqp[e] = key_t(r * T + t);
+          r = t = T;
+        }
+      }
+  }
 }
 
 EE_VECTOR_CLONES inline void point_row(const PairBlocks<float>& pb, const RowArgs<float>& row, float* buf, float* m,

@@ -1,0 +1,42 @@
+// In-place operations on a square row-major matrix and its transpose, in 8 x 8 tiles. A tile's column
+// walk touches 8 rows only: with a power-of-two row length (B = 1024 floats is 4 KiB) every row of a
+// column maps to the same L1 set, and a walk over more rows than the cache's ways evicts itself.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace ee {
+
+// op(g[i][j], g[j][i]) for every i <= j (once, with both references to the same element on the diagonal).
+template <typename acc_t, typename Op>
+void for_each_mirror_pair(acc_t* g, int64_t B, const Op& op) {
+  constexpr int64_t kTile = 8;
+  const int64_t tiles = (B + kTile - 1) / kTile;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ti = begin; ti < end; ++ti)
+      for (int64_t tj = ti; tj < tiles; ++tj)
+        for (int64_t i = ti * kTile; i < std::min(B, (ti + 1) * kTile); ++i)
+          for (int64_t j = std::max(i, tj * kTile); j < std::min(B, (tj + 1) * kTile); ++j) op(g[i * B + j], g[j * B + i]);
+  });
+}
+
+// g = g + g^T.
+template <typename acc_t>
+void symmetrize_in_place(acc_t* g, int64_t B) {
+  for_each_mirror_pair(g, B, [](acc_t& upper, acc_t& lower) {
+    const acc_t v = upper + lower;
+    upper = v;
+    lower = v;
+  });
+}
+
+// The lower triangle := the upper one's mirror.
+template <typename acc_t>
+void mirror_upper(acc_t* g, int64_t B) {
+  for_each_mirror_pair(g, B, [](acc_t& upper, acc_t& lower) { lower = upper; });
+}
+
+}  // namespace ee
