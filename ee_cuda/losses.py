@@ -161,9 +161,11 @@ class HPHNTripletLoss(EELoss):
     label (``ValueError`` otherwise); ``n_inner_pts=0`` accepts any layout.
 
     Fused path: ``d_ap`` from one ``X Xᵀ`` (``B×B``); ``d_an`` from ``ee_cuda.hard_negative_points`` with
-    the ``B`` pairs ``(i, i^1)``: its points ``a(i, t), t = 0..n`` are ``x_i, G_1[i], .., G_n[i]`` and its
-    candidates ``a(q, r)`` over pairs ``q`` of other labels cover exactly the augmented rows of other
-    labels, so ``d_an(i) = clamp(min_{t<=n} dist[i, t], 1e-6, 1e6)``. No ``(n+1)B × (n+1)B`` matrix exists.
+    the ``B/2`` adjacent pairs ``k = (2k, 2k+1)``. Their points ``a(k, t)`` are every augmented row once:
+    ``G_t[2k] = a(k, t)`` and ``G_t[2k+1] = a(k, n+1-t)`` (the same sums, so the same floats), so the
+    candidates ``a(q, r)`` over pairs ``q`` of other labels are exactly the augmented rows of other labels,
+    and ``d_an(2k) = min_{t<=n} dist[k, t]``, ``d_an(2k+1) = min_{t>=1} dist[k, t]`` (clamped to
+    ``[1e-6, 1e6]``). No ``(n+1)B × (n+1)B`` matrix exists.
 
     Where the package chose (spec §5 overrides upstream): an anchor with no negative (a batch of one class)
     contributes 0; upstream falls back to the row maximum and yields ``relu(d_ap - max_row + margin)``.
@@ -197,11 +199,11 @@ class HPHNTripletLoss(EELoss):
                 if B % 2:
                     raise ValueError(f"HPHNTripletLoss: n_inner_pts > 0 needs the adjacent layout and an even "
                                      f"batch, got B={B}")
-                ops.positive_pairs(labels, "adjacent")  # checks the layout (ValueError names the rows)
-                rows = torch.arange(B, device=X.device)
-                pairs_i = torch.stack([rows, rows ^ 1], dim=1)
-                hn, _ = ops.hard_negative_points(X, pairs_i, labels, n, self.l2_norm)
-                d_an = hn[:, :n + 1].min(dim=1).values.clamp(1e-6, 1e6)
+                pairs = ops.positive_pairs(labels, "adjacent")  # checks the layout (ValueError names the rows)
+                hn, _ = ops.hard_negative_points(X, pairs, labels, n, self.l2_norm)   # (B/2, n+2)
+                # anchor 2k sees a(k, 0..n), anchor 2k+1 sees a(k, n+1..1) (its G_t is a(k, n+1-t))
+                d_an = torch.stack([hn[:, :n + 1].min(dim=1).values, hn[:, 1:].min(dim=1).values], dim=1)
+                d_an = d_an.reshape(B).clamp(1e-6, 1e6)
             d_an = torch.where(has_neg, d_an, torch.zeros_like(d_an))  # finite where unused
             diff = d_ap - d_an
             per = F.softplus(diff) if self.soft_margin else F.relu(diff + self.margin)
