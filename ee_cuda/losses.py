@@ -417,6 +417,9 @@ class MultiSimilarityLoss(_PairLoss):
         self.alpha, self.beta, self.base = float(alpha), float(beta), float(base)
 
     def _pair_losses(self, st):
-        pos = F.softplus(-self.alpha * (st.s_p - self.base)) / self.alpha
+        # log(1 + e^z) as logaddexp(z, 0): exact for every z (F.softplus returns z itself above z = 20, an
+        # error of up to e^-20 that float64 resolves)
+        z = -self.alpha * (st.s_p - self.base)
+        pos = torch.logaddexp(z, torch.zeros_like(z)) / self.alpha
         lse, _ = _masked_logsumexp(self.beta * (st.shat - self.base), st.neg, add_one=True)
         return pos + lse / self.beta
