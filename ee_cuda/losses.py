@@ -153,7 +153,8 @@ class HPHNTripletLoss(EELoss):
       ``G_k[i] = normalize(((n+1-k) x_i + k x_{i^1}) / (n+1))`` the synthetic copies of anchor ``i``, and
       ``z`` every augmented row ``[X; G_1; ...; G_n]`` of another label ("include synthetic positives");
     * per-anchor loss ``relu(d_ap - d_an + margin)``, or ``log(1 + exp(d_ap - d_an))`` with
-      ``soft_margin=True`` (upstream ignores ``margin`` then; computed as ``softplus``).
+      ``soft_margin=True`` (upstream ignores ``margin`` then; computed as ``logaddexp(diff, 0)``, stable and
+      exact for large ``diff``, where ``F.softplus`` would return ``diff`` itself).
 
     This is the batch-hard triplet loss of Hermans et al. (2017) with the paper's EE negatives; at
     ``n_inner_pts=0`` it *is* batch-hard triplet (PML ``TripletMarginLoss`` with ``BatchHardMiner``, see
@@ -206,7 +207,7 @@ class HPHNTripletLoss(EELoss):
                 d_an = d_an.reshape(B).clamp(1e-6, 1e6)
             d_an = torch.where(has_neg, d_an, torch.zeros_like(d_an))  # finite where unused
             diff = d_ap - d_an
-            per = F.softplus(diff) if self.soft_margin else F.relu(diff + self.margin)
+            per = torch.logaddexp(diff, torch.zeros_like(diff)) if self.soft_margin else F.relu(diff + self.margin)
             per = torch.where(has_neg, per, torch.zeros_like(per))
         return per, torch.arange(B, device=X.device)
 
