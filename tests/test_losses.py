@@ -162,7 +162,8 @@ def test_hphn_official_float32():
 @pytest.mark.parametrize("n,l2", [(1, True), (2, True), (5, False)])
 def test_hphn_negatives_via_hard_negative_points(n, l2):
     """The reasoning behind the fused HPHN: with pairs (i, i^1) for all i, min_{t<=n} of
-    hard_negative_points equals the official d_an over the (n+1)B augmented rows."""
+    hard_negative_points equals the official d_an over the (n+1)B augmented rows; so does the B/2-pair form
+    the loss runs."""
     seed = fresh_seed()
     X, y = make_batch(6, 4)
     B = X.shape[0]
@@ -177,6 +178,35 @@ def test_hphn_negatives_via_hard_negative_points(n, l2):
     # and the chosen negatives are never of the anchor's label
     q = idx[:, : n + 1, 0]
     assert (y[q] != y[:, None]).all()
+    # What the loss runs: the B/2 adjacent pairs hold every augmented row once (G_t[2k+1] = a(k, n+1-t)),
+    # anchor 2k takes t <= n and anchor 2k+1 takes t >= 1.
+    hk, _ = ee_cuda.hard_negative_points(X, ee_cuda.positive_pairs(y, "adjacent"), y, n, l2)
+    d_adj = torch.stack([hk[:, : n + 1].min(dim=1).values, hk[:, 1:].min(dim=1).values], dim=1).reshape(B)
+    torch.testing.assert_close(d_adj, official, rtol=1e-9, atol=1e-10, msg=lambda m: f"seed={seed}: {m}")
+
+
+def test_hphn_soft_margin_exact_for_large_gaps():
+    """soft_margin is upstream's log(1 + exp(d_ap - d_an)) also where the gap exceeds 20, where F.softplus
+    would return the gap itself (an error of e^-gap, ~1e-10 here)."""
+    fresh_seed()
+    u = F.normalize(torch.ones(8, 16, dtype=torch.float64) + 0.01 * torch.randn(8, 16, dtype=torch.float64), dim=1)
+    X = torch.stack([11 * u, -11 * u], dim=1).reshape(16, 16).requires_grad_(True)   # d_ap = 22, d_an small
+    y = torch.arange(8).repeat_interleave(2)
+    a = L.HPHNTripletLoss(soft_margin=True, reduction="none")(X, y)
+    b = R.hphn_triplet_official(X, y, soft_margin=True)
+    assert (a > 20).all()
+    torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_ms_positive_term_exact_beyond_softplus_threshold():
+    """The positive term log(1 + exp(-alpha (s_p - base))) stays exact for arguments just above 20, where
+    F.softplus would return the argument itself (an error of ~e^-21 that float64 resolves)."""
+    fresh_seed()
+    u = F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=1)
+    X = torch.stack([4 * u, -2.5 * u], dim=1).reshape(12, 8).requires_grad_(True)   # s_p = -10: argument 21
+    y = torch.arange(6).repeat_interleave(2)
+    mod, twin = make_losses("ms", 2, True, reduction="none")
+    torch.testing.assert_close(mod(X, y), twin(X, y), rtol=1e-14, atol=0)
 
 
 def test_hphn_single_class_deviation_from_official():
