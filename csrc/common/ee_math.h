@@ -176,6 +176,16 @@ EE_HD DistanceGrad<acc_t> distance_grad(const PointRef<acc_t>& a, const PointRef
   return r;
 }
 
+// emit(row, col, value) for the four cross entries of r (rows in a's pair, columns in b's).
+template <typename acc_t, typename Emit>
+EE_HD void cross_entries(const PointRef<acc_t>& a, const PointRef<acc_t>& b, const DistanceGrad<acc_t>& r,
+                         Emit&& emit) {
+  emit(a.i, b.i, r.cross * r.aa * r.ab);
+  emit(a.i, b.j, r.cross * r.aa * r.bb);
+  emit(a.j, b.i, r.cross * r.ba * r.ab);
+  emit(a.j, b.j, r.cross * r.ba * r.bb);
+}
+
 // The same gradient as calls emit(row, col, value) for its 10 entries: the four cross entries (rows in a's
 // pair), then a's own (rows in a's pair), then b's own (rows in b's pair).
 template <typename acc_t, typename Emit>
@@ -183,10 +193,7 @@ EE_HD void distance_grad_terms(const PointRef<acc_t>& a, const PointRef<acc_t>& 
                                Emit&& emit) {
   const DistanceGrad<acc_t> r = distance_grad(a, b, normalize, d, g);
   if (!r.any) return;
-  emit(a.i, b.i, r.cross * r.aa * r.ab);
-  emit(a.i, b.j, r.cross * r.aa * r.bb);
-  emit(a.j, b.i, r.cross * r.ba * r.ab);
-  emit(a.j, b.j, r.cross * r.ba * r.bb);
+  cross_entries(a, b, r, emit);
   auto own = [&](const PointRef<acc_t>& p, acc_t k) {
     acc_t ii, ij, jj;
     own_weights<acc_t>(p.t, p.n, ii, ij, jj);

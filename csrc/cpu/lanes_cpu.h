@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 // The vector types only appear in functions that are inlined into the clones, never at a call boundary, so
 // the ABI note GCC gives for 32-byte vectors without AVX does not apply (this header is included by the
@@ -28,22 +29,14 @@ namespace ee {
 #define EE_LANES_INLINE inline
 #endif
 
-// One vector of V lanes of acc_t, and the vector of integers (keys, masks) of the same width.
+// One vector of V lanes of acc_t (float or double), and the vector of integers (keys, masks) of the same
+// element width.
 template <typename acc_t>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t K __attribute__((vector_size(32)));
-  typedef int32_t key_t;
-  static constexpr int kWidth = 8;
-};
-template <>
-struct Lanes<double> {
-  typedef double V __attribute__((vector_size(32)));
-  typedef int64_t K __attribute__((vector_size(32)));
-  typedef int64_t key_t;
-  static constexpr int kWidth = 4;
+struct Lanes {
+  typedef std::conditional_t<sizeof(acc_t) == 4, int32_t, int64_t> key_t;
+  typedef acc_t V __attribute__((vector_size(32)));
+  typedef key_t K __attribute__((vector_size(32)));
+  static constexpr int kWidth = 32 / sizeof(acc_t);
 };
 
 template <typename T, typename E>

@@ -213,6 +213,26 @@ PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B) {
   return pc;
 }
 
+// The own entries of every pair q = (k, l), given per point the sum of its own entries' factors (own[q*T + r]):
+// emit(k, k, .), emit(k, l, .), emit(l, l, .) with the sums over r of factor times the point's weights.
+template <typename acc_t, typename Emit>
+void own_entries(const std::vector<acc_t>& own, const int64_t* pairs, int64_t P, int64_t n, Emit&& emit) {
+  const int64_t T = n + 2;
+  for (int64_t q = 0; q < P; ++q) {
+    acc_t kk = 0, kl = 0, ll = 0;
+    for (int64_t r = 0; r < T; ++r) {
+      acc_t ii, ij, jj;
+      own_weights<acc_t>(r, n, ii, ij, jj);
+      kk += own[q * T + r] * ii;
+      kl += own[q * T + r] * ij;
+      ll += own[q * T + r] * jj;
+    }
+    emit(pairs[2 * q], pairs[2 * q], kk);
+    emit(pairs[2 * q], pairs[2 * q + 1], kl);
+    emit(pairs[2 * q + 1], pairs[2 * q + 1], ll);
+  }
+}
+
 // hard_negative_pairs has P x P outputs: their dG terms are gathered into a dense dG, then
 // dX = (dG + dG^T) X, one B x B x D product. Each output (p, q) is computed once, by the task of p's
 // component: its cross entries have their row in p's pair, owned by the task, and go straight into dG; the
@@ -247,13 +267,7 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
             const PointRef<acc_t> a = point_ref(c, pr, B, p, t, T), b = point_ref(c, pr, B, q, r, T);
             const DistanceGrad<acc_t> gr = distance_grad(a, b, normalize, d[pq], g[pq]);
             if (!gr.any) continue;
-            acc_t* row_i = out + a.i * B;
-            acc_t* row_j = out + a.j * B;
-            const acc_t ci = gr.cross * gr.aa, cj = gr.cross * gr.ba;
-            row_i[b.i] += ci * gr.ab;
-            row_i[b.j] += ci * gr.bb;
-            row_j[b.i] += cj * gr.ab;
-            row_j[b.j] += cj * gr.bb;
+            cross_entries(a, b, gr, [&](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; });
             own[p * T + t] += gr.own_a;
             own[q * T + r] += gr.own_b;
           }
@@ -261,17 +275,7 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
       std::lock_guard<std::mutex> lock(own_mutex);
       for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
     });
-    for (int64_t q = 0; q < P; ++q) {
-      const int64_t k = pr[2 * q], l = pr[2 * q + 1];
-      for (int64_t r = 0; r < T; ++r) {
-        acc_t ii, ij, jj;
-        own_weights<acc_t>(r, n, ii, ij, jj);
-        const acc_t f = own_total[q * T + r];
-        out[k * B + k] += f * ii;
-        out[k * B + l] += f * ij;
-        out[l * B + l] += f * jj;
-      }
-    }
+    own_entries(own_total, pr, P, n, [&](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; });
     symmetrize_in_place(out, B);
   });
   return at::mm(dG, X).to(X_.scalar_type());
@@ -353,26 +357,13 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
       const PointRef<acc_t> pa = point_ref(c, pr, B, o / T, o % T, T), pb = point_ref(c, pr, B, q, r, T);
       const DistanceGrad<acc_t> gr = distance_grad(pa, pb, normalize, d[o], g[o]);
       if (!gr.any) continue;
-      add(pa.i, pb.i, gr.cross * gr.aa * gr.ab);
-      add(pa.i, pb.j, gr.cross * gr.aa * gr.bb);
-      add(pa.j, pb.i, gr.cross * gr.ba * gr.ab);
-      add(pa.j, pb.j, gr.cross * gr.ba * gr.bb);
+      cross_entries(pa, pb, gr, add);
       own[o] += gr.own_a;
       own[q * T + r] += gr.own_b;
     }
-    for (int64_t q = 0; q < P; ++q) {
-      acc_t kk = 0, kl = 0, ll = 0;
-      for (int64_t r = 0; r < T; ++r) {
-        acc_t ii, ij, jj;
-        own_weights<acc_t>(r, n, ii, ij, jj);
-        kk += own[q * T + r] * ii;
-        kl += own[q * T + r] * ij;
-        ll += own[q * T + r] * jj;
-      }
-      if (kk != acc_t(0)) add(pr[2 * q], pr[2 * q], kk);
-      if (kl != acc_t(0)) add(pr[2 * q], pr[2 * q + 1], kl);
-      if (ll != acc_t(0)) add(pr[2 * q + 1], pr[2 * q + 1], ll);
-    }
+    own_entries(own, pr, P, n, [&](int64_t row, int64_t col, acc_t v) {
+      if (v != acc_t(0)) add(row, col, v);
+    });
     flush();
   });
   return dX.to(X_.scalar_type());

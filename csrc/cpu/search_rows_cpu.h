@@ -192,7 +192,7 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
   const K lt = odd.m < even.m, gt = even.m < odd.m;
   const V m = lt ? odd.m : even.m;
   const K kpq = lt ? odd.kpq : (gt ? even.kpq : (odd.kpq < even.kpq ? odd.kpq : even.kpq));
-  const K tied = lt ? odd.tied : (gt ? even.tied : (even.tied | odd.tied | K{} - 1));
+  const K tied = lt ? odd.tied : (gt ? even.tied : (K{} - 1));
   key_t tied_lanes[W];
   store_lanes(out_m, m);
   store_lanes(out_kpq, kpq);
