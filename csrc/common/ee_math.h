@@ -107,37 +107,58 @@ EE_HD bool is_better(acc_t d, int64_t key, acc_t best_d, int64_t best_key) {
   return key < best_key;
 }
 
+// What the gradient of a distance needs from one of its points, with the cases of normalization folded
+// into numbers once per point (the CPU tabulates them; a GPU thread forms them from the point's PointCoef).
+// Gradient of dist = ||a - b|| as the weights of its dG entries (dX = (dG + dG^T) X): the cross entries
+// between a's pair (i, j) and b's pair (k, l) are -2 gd (alpha_a|beta_a)(alpha_b|beta_b), gd = dL/d(d^2);
+// the own entries of a point of pair (i, j) are own * (wi^2, 2 wi wj, wj^2) at (i,i), (i,j), (j,j), where
+// own = gd * d(d^2)/d(U) and U = ||u||^2 = wi^2 G_ii + 2 wi wj G_ij + wj^2 G_jj.
+template <typename acc_t>
+struct PointGradCoef {
+  // The nominal coefficients c_i / max(|u|, eps): the point's own, except where its value used 0 (u == 0,
+  // or NaN), where they are c_i / eps (the derivative of u / eps, as in F.normalize).
+  acc_t alpha, beta;
+  acc_t sqnorm;     // ||a||^2
+  // d(d^2)/d(U) is <a, b> * own_slope + own_const, one of the two being 0: 1 where ||a||^2 is U itself
+  // (originals, or no normalization: the coefficients are constant); <a, b> / |u|^2 for a = u / |u|
+  // (d^2 = 2 - 2<a, b>); 1 / eps^2 for a = u / eps (||a||^2 = U / eps^2); 0 at u == 0, where the gradient
+  // 2 w u / eps^2 is exactly 0 and must not be spelled as 1e24-sized entries that cancel only in exact
+  // arithmetic.
+  acc_t own_slope, own_const;
+};
+
+template <typename acc_t>
+EE_HD PointGradCoef<acc_t> point_grad_coef(const PointCoef<acc_t>& c, int64_t t, int64_t n, bool normalize) {
+  PointGradCoef<acc_t> r{c.alpha, c.beta, c.sqnorm, acc_t(0), acc_t(1)};
+  if (!normalize || t == 0 || t == n + 1) return r;
+  if (c.unorm >= acc_t(kNormEps)) {
+    r.own_slope = acc_t(1) / (c.unorm * c.unorm);
+    r.own_const = acc_t(0);
+    return r;
+  }
+  if (!(c.unorm > acc_t(0))) {
+    r.alpha = weight_i<acc_t>(t, n) / acc_t(kNormEps);
+    r.beta = weight_j<acc_t>(t, n) / acc_t(kNormEps);
+  }
+  r.own_const = c.unorm > acc_t(0) ? acc_t(1) / acc_t(kNormEps * kNormEps) : acc_t(0);
+  return r;
+}
+
 // One augmented point of a selected negative pair, seen from the backward.
 template <typename acc_t>
 struct PointRef {
-  int64_t i, j;          // rows of its pair's endpoints
-  int64_t t, n;          // position along the pair, and n_inner
-  PointCoef<acc_t> c;
+  int64_t i, j;  // rows of its pair's endpoints
+  int64_t t, n;  // position along the pair, and n_inner
+  PointGradCoef<acc_t> c;
 };
 
-// d(sq_dist)/d(U) where U = ||u||^2 = wi^2 G_ii + 2 wi wj G_ij + wj^2 G_jj, for a point whose value
-// depends on its own pair's Gram entries; `dot` is <a, b>.
-template <typename acc_t>
-EE_HD acc_t own_norm_factor(const PointRef<acc_t>& a, bool normalize, acc_t dot) {
-  const bool synthetic = a.t > 0 && a.t <= a.n;
-  if (!synthetic || !normalize) return acc_t(1);        // ||a||^2 = U itself, coefficients constant
-  if (a.c.unorm >= acc_t(kNormEps)) return dot / (a.c.unorm * a.c.unorm);  // a = u/|u|: d2 = 2 - 2<a,b>
-  // a = u / eps: ||a||^2 = U / eps^2, whose gradient 2 w u / eps^2 is exactly 0 at u == 0. There it must
-  // not be spelled as 1e24-sized dG entries that cancel only in exact arithmetic.
-  return a.c.unorm > acc_t(0) ? acc_t(1) / acc_t(kNormEps * kNormEps) : acc_t(0);
-}
-
-// Gradient of dist = ||a - b|| (the forward's value d) with upstream gradient g, as the weights of its dG
-// entries (dX = (dG + dG^T) X): the cross entries between a's pair (i, j) and b's pair (k, l) are
-// cross * (aa, ba) x (ab, bb), i.e. (i,k), (i,l), (j,k), (j,l); the own entries of a point p of pair (i, j)
-// are own_p * (wi^2, 2 wi wj, wj^2) at (i,i), (i,j), (j,j). At d == 0 the gradient is 0, as torch's norm
-// gives (`any` is false then, and when g == 0). The nominal coefficients c_i / max(|u|, eps) are used for
-// the cross terms even where the value used 0 (u == 0): the derivative of u / eps is 1 / eps there, as in
-// F.normalize.
+// The gradient of dist = ||a - b|| (the forward's value d) with upstream gradient g: the cross entry
+// (a.x, b.y) is cross * (aa|ba) * (ab|bb), the own entries of a and b are own_a and own_b times their
+// weights. At d == 0 the gradient is 0, as torch's norm gives (`any` is false then, and when g == 0).
 template <typename acc_t>
 struct DistanceGrad {
   bool any;
-  acc_t cross, aa, ba, ab, bb;  // cross entry (a.x, b.y) = cross * (aa|ba) * (ab|bb)
+  acc_t cross, aa, ba, ab, bb;
   acc_t own_a, own_b;
 };
 
@@ -150,50 +171,47 @@ EE_HD void own_weights(int64_t t, int64_t n, acc_t& ii, acc_t& ij, acc_t& jj) {
   jj = wj * wj;
 }
 
+// Arithmetic rather than a select on own_slope: which case a selected point is in is data-dependent, and a
+// branch on it mispredicts.
 template <typename acc_t>
-EE_HD DistanceGrad<acc_t> distance_grad(const PointRef<acc_t>& a, const PointRef<acc_t>& b, bool normalize, acc_t d,
+EE_HD acc_t own_factor(const PointGradCoef<acc_t>& a, acc_t dot) {
+  return dot * a.own_slope + a.own_const;
+}
+
+template <typename acc_t>
+EE_HD DistanceGrad<acc_t> distance_grad(const PointGradCoef<acc_t>& a, const PointGradCoef<acc_t>& b, acc_t d,
                                         acc_t g) {
   DistanceGrad<acc_t> r;
   r.any = d > acc_t(0) && g != acc_t(0);
   if (!r.any) return r;
   const acc_t gd = g / (acc_t(2) * d);  // dL/d(d^2)
-  const acc_t dot = (a.c.sqnorm + b.c.sqnorm - d * d) / acc_t(2);
-  // The nominal coefficients are the point's own, c_i / max(|u|, eps), except where the value used 0
-  // (u == 0, or NaN): there they are c_i / eps.
-  auto nominal = [normalize](const PointRef<acc_t>& p, acc_t& al, acc_t& be) {
-    al = p.c.alpha;
-    be = p.c.beta;
-    if (normalize && p.t > 0 && p.t <= p.n && !(p.c.unorm > acc_t(0))) {
-      al = weight_i<acc_t>(p.t, p.n) / acc_t(kNormEps);
-      be = weight_j<acc_t>(p.t, p.n) / acc_t(kNormEps);
-    }
-  };
-  nominal(a, r.aa, r.ba);
-  nominal(b, r.ab, r.bb);
+  const acc_t dot = (a.sqnorm + b.sqnorm - d * d) / acc_t(2);
+  r.aa = a.alpha;
+  r.ba = a.beta;
+  r.ab = b.alpha;
+  r.bb = b.beta;
   r.cross = acc_t(-2) * gd;
-  r.own_a = gd * own_norm_factor(a, normalize, dot);
-  r.own_b = gd * own_norm_factor(b, normalize, dot);
+  r.own_a = gd * own_factor(a, dot);
+  r.own_b = gd * own_factor(b, dot);
   return r;
 }
 
-// emit(row, col, value) for the four cross entries of r (rows in a's pair, columns in b's).
+// emit(row, col, value) for the four cross entries of r: rows (ai, aj) of a's pair, columns (bi, bj) of b's.
 template <typename acc_t, typename Emit>
-EE_HD void cross_entries(const PointRef<acc_t>& a, const PointRef<acc_t>& b, const DistanceGrad<acc_t>& r,
-                         Emit&& emit) {
-  emit(a.i, b.i, r.cross * r.aa * r.ab);
-  emit(a.i, b.j, r.cross * r.aa * r.bb);
-  emit(a.j, b.i, r.cross * r.ba * r.ab);
-  emit(a.j, b.j, r.cross * r.ba * r.bb);
+EE_HD void cross_entries(int64_t ai, int64_t aj, int64_t bi, int64_t bj, const DistanceGrad<acc_t>& r, Emit&& emit) {
+  emit(ai, bi, r.cross * r.aa * r.ab);
+  emit(ai, bj, r.cross * r.aa * r.bb);
+  emit(aj, bi, r.cross * r.ba * r.ab);
+  emit(aj, bj, r.cross * r.ba * r.bb);
 }
 
 // The same gradient as calls emit(row, col, value) for its 10 entries: the four cross entries (rows in a's
 // pair), then a's own (rows in a's pair), then b's own (rows in b's pair).
 template <typename acc_t, typename Emit>
-EE_HD void distance_grad_terms(const PointRef<acc_t>& a, const PointRef<acc_t>& b, bool normalize, acc_t d, acc_t g,
-                               Emit&& emit) {
-  const DistanceGrad<acc_t> r = distance_grad(a, b, normalize, d, g);
+EE_HD void distance_grad_terms(const PointRef<acc_t>& a, const PointRef<acc_t>& b, acc_t d, acc_t g, Emit&& emit) {
+  const DistanceGrad<acc_t> r = distance_grad(a.c, b.c, d, g);
   if (!r.any) return;
-  cross_entries(a, b, r, emit);
+  cross_entries(a.i, a.j, b.i, b.j, r, emit);
   auto own = [&](const PointRef<acc_t>& p, acc_t k) {
     acc_t ii, ij, jj;
     own_weights<acc_t>(p.t, p.n, ii, ij, jj);

@@ -216,13 +216,13 @@ EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>&
 
 template <typename acc_t>
 EE_HD PointRef<acc_t> point_ref(const PointCoef<acc_t>* coef, const int64_t* pairs, int64_t B, int64_t pair, int64_t t,
-                                int64_t T) {
+                                int64_t T, bool normalize) {
   PointRef<acc_t> r;
   r.i = safe_row(pairs[2 * pair], B);
   r.j = safe_row(pairs[2 * pair + 1], B);
   r.t = t;
   r.n = T - 2;
-  r.c = coef[pair * T + t];
+  r.c = point_grad_coef(coef[pair * T + t], t, T - 2, normalize);
   return r;
 }
 
@@ -232,7 +232,8 @@ EE_HD void pair_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs,
                              bool normalize, int64_t p, int64_t q, acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
   const int64_t pq = p * P + q, t = index[2 * pq], r = index[2 * pq + 1];
   if (t < 0 || r < 0 || t >= T || r >= T) return;
-  distance_grad_terms(point_ref(coef, pairs, B, p, t, T), point_ref(coef, pairs, B, q, r, T), normalize, d, g, emit);
+  distance_grad_terms(point_ref(coef, pairs, B, p, t, T, normalize), point_ref(coef, pairs, B, q, r, T, normalize), d, g,
+                      emit);
 }
 
 // Output o = (p, t) of hard_negative_points: points a(p, t) and a(index[o][0], index[o][1]).
@@ -241,8 +242,8 @@ EE_HD void point_output_terms(const PointCoef<acc_t>* coef, const int64_t* pairs
                               bool normalize, int64_t o, acc_t d, acc_t g, const int64_t* index, Emit&& emit) {
   const int64_t q = index[2 * o], r = index[2 * o + 1];
   if (q < 0 || r < 0 || q >= P || r >= T) return;
-  distance_grad_terms(point_ref(coef, pairs, B, o / T, o % T, T), point_ref(coef, pairs, B, q, r, T), normalize, d, g,
-                      emit);
+  distance_grad_terms(point_ref(coef, pairs, B, o / T, o % T, T, normalize),
+                      point_ref(coef, pairs, B, q, r, T, normalize), d, g, emit);
 }
 
 }  // namespace ee

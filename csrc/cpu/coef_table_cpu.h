@@ -1,6 +1,6 @@
 // The (P, T) table of point coefficients on the CPU: ||u|| of every synthetic point is computed in
-// D-space (the same arithmetic as the reference, so an exact zero midpoint stays exactly zero), the
-// endpoints' squared norms likewise.
+// D-space (so that an exact zero midpoint stays exactly zero, as in the reference), the endpoints' squared
+// norms likewise.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,26 +18,34 @@ inline PointCoef<acc_t>* coef_ptr(const at::Tensor& table) {
   return reinterpret_cast<PointCoef<acc_t>*>(table.data_ptr<acc_t>());
 }
 
-// ||u||^2 of u = ((n+1-t) x_i + t x_j) / (n+1), with u evaluated element by element as the reference does
-// (so that an exact zero midpoint gives exactly 0). The squares are summed in 16 interleaved partial sums,
-// which vectorize; the reference's norm has its own summation order, so no order is "the" exact one.
-template <typename acc_t>
-inline acc_t synthetic_sqnorm(const acc_t* xi, const acc_t* xj, int64_t D, int64_t t, int64_t n) {
+// Sum over d of f(d)^2, in 16 interleaved partial sums, which vectorize (the reference's norm has its own
+// summation order, so no order is "the" exact one).
+template <typename acc_t, typename F>
+inline acc_t sum_of_squares(int64_t D, const F& f) {
   constexpr int kLanes = 16;
   acc_t lane[kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= D; d += kLanes)
     for (int k = 0; k < kLanes; ++k) {
-      const acc_t u = interpolate(xi[d + k], xj[d + k], t, n);
+      const acc_t u = f(d + k);
       lane[k] += u * u;
     }
   acc_t s = 0;
   for (; d < D; ++d) {
-    const acc_t u = interpolate(xi[d], xj[d], t, n);
+    const acc_t u = f(d);
     s += u * u;
   }
   for (int k = 0; k < kLanes; ++k) s += lane[k];
   return s;
+}
+
+// ||u||^2 of u = ((n+1-t) x_i + t x_j) / (n+1). The sum (n+1-t) x_i + t x_j is rounded as interpolate()
+// rounds it (two products, then their sum, no FMA), so u is exactly 0 exactly where the reference's is; the
+// division is a multiplication by 1/(n+1), which keeps that and vectorizes.
+template <typename acc_t>
+inline acc_t synthetic_sqnorm(const acc_t* xi, const acc_t* xj, int64_t D, int64_t t, int64_t n) {
+  const acc_t a = acc_t(n + 1 - t), b = acc_t(t), inv = acc_t(1) / acc_t(n + 1);
+  return sum_of_squares<acc_t>(D, [&](int64_t d) { return (a * xi[d] + b * xj[d]) * inv; });
 }
 
 // X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns (P, T, 4) acc_t.
@@ -52,11 +60,8 @@ at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t 
     for (int64_t p = begin; p < end; ++p) {
       const acc_t* xi = x + pr[2 * p] * D;
       const acc_t* xj = x + pr[2 * p + 1] * D;
-      acc_t si = 0, sj = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        si += xi[d] * xi[d];
-        sj += xj[d] * xj[d];
-      }
+      const acc_t si = sum_of_squares<acc_t>(D, [&](int64_t d) { return xi[d]; });
+      const acc_t sj = sum_of_squares<acc_t>(D, [&](int64_t d) { return xj[d]; });
       out[p * T] = point_coef<acc_t>(0, n, normalize, acc_t(-1), si);
       out[p * T + n + 1] = point_coef<acc_t>(n + 1, n, normalize, acc_t(-1), sj);
       for (int64_t t = 1; t <= n; ++t)

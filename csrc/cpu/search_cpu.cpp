@@ -173,6 +173,14 @@ struct BackwardArrays {
         grad(in.grad.data_ptr<acc_t>()),
         dist(in.dist.data_ptr<acc_t>()),
         x(in.X.data_ptr<acc_t>()) {}
+
+  // The PointGradCoef of every point o = p*T + t, formed once (the backward loops read them per output).
+  std::vector<PointGradCoef<acc_t>> grad_coef(int64_t P, int64_t n, bool normalize) const {
+    const int64_t T = n + 2;
+    std::vector<PointGradCoef<acc_t>> table(P * T);
+    for (int64_t o = 0; o < P * T; ++o) table[o] = point_grad_coef(coef[o], o % T, n, normalize);
+    return table;
+  }
 };
 
 // The connected components of the graph whose nodes are the rows of X and whose edges are the pairs: the
@@ -248,10 +256,11 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    const PointCoef<acc_t>* c = arr.coef;
+    const std::vector<PointGradCoef<acc_t>> gc = arr.grad_coef(P, n, normalize);
     const int64_t *pr = arr.pairs, *idx = arr.index;
     const acc_t *g = arr.grad, *d = arr.dist;
     acc_t* out = dG.data_ptr<acc_t>();
+    auto add = [out, B](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; };
     const PairComponents pc = pair_components(pr, P, B);
     const int64_t components = int64_t(pc.offsets.size()) - 1;
     std::vector<acc_t> own_total(P * T, acc_t(0));  // per point: the sum of its own entries' factors
@@ -260,14 +269,13 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
       std::vector<acc_t> own(P * T, acc_t(0));
       for (int64_t comp = begin; comp < end; ++comp)
         for (int64_t e = pc.offsets[comp]; e < pc.offsets[comp + 1]; ++e) {
-          const int64_t p = pc.pair[e];
+          const int64_t p = pc.pair[e], i = pr[2 * p], j = pr[2 * p + 1];
           for (int64_t q = 0; q < P; ++q) {
             const int64_t pq = p * P + q, t = idx[2 * pq], r = idx[2 * pq + 1];
             if (t < 0 || r < 0 || t >= T || r >= T) continue;
-            const PointRef<acc_t> a = point_ref(c, pr, B, p, t, T), b = point_ref(c, pr, B, q, r, T);
-            const DistanceGrad<acc_t> gr = distance_grad(a, b, normalize, d[pq], g[pq]);
+            const DistanceGrad<acc_t> gr = distance_grad(gc[p * T + t], gc[q * T + r], d[pq], g[pq]);
             if (!gr.any) continue;
-            cross_entries(a, b, gr, [&](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; });
+            cross_entries(i, j, pr[2 * q], pr[2 * q + 1], gr, add);
             own[p * T + t] += gr.own_a;
             own[q * T + r] += gr.own_b;
           }
@@ -275,7 +283,7 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
       std::lock_guard<std::mutex> lock(own_mutex);
       for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
     });
-    own_entries(own_total, pr, P, n, [&](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; });
+    own_entries(own_total, pr, P, n, add);
     symmetrize_in_place(out, B);
   });
   return at::mm(dG, X).to(X_.scalar_type());
@@ -296,7 +304,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    const PointCoef<acc_t>* c = arr.coef;
+    const std::vector<PointGradCoef<acc_t>> gc = arr.grad_coef(P, n, normalize);
     const int64_t *pr = arr.pairs, *idx = arr.index;
     const acc_t *g = arr.grad, *d = arr.dist;
     const acc_t* x = arr.x;
@@ -354,10 +362,10 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
     for (int64_t o = 0; o < P * T; ++o) {
       const int64_t q = idx[2 * o], r = idx[2 * o + 1];
       if (q < 0 || r < 0 || q >= P || r >= T) continue;
-      const PointRef<acc_t> pa = point_ref(c, pr, B, o / T, o % T, T), pb = point_ref(c, pr, B, q, r, T);
-      const DistanceGrad<acc_t> gr = distance_grad(pa, pb, normalize, d[o], g[o]);
+      const DistanceGrad<acc_t> gr = distance_grad(gc[o], gc[q * T + r], d[o], g[o]);
       if (!gr.any) continue;
-      cross_entries(pa, pb, gr, add);
+      const int64_t p = o / T;
+      cross_entries(pr[2 * p], pr[2 * p + 1], pr[2 * q], pr[2 * q + 1], gr, add);
       own[o] += gr.own_a;
       own[q * T + r] += gr.own_b;
     }

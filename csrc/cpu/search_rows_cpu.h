@@ -88,15 +88,45 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   }
 }
 
-// d2 of a(p, t) against the V candidates of one (block, r) of buf: sq_dist()'s operations in its order,
-// clamped at 0.
+// ||a(p, t)||^2 + ||a(q, r)||^2 - 2 <a(p, t), a(q, r)> against the V candidates of one (block, r) of buf:
+// sq_dist()'s operations in its order, before its clamp at 0.
 template <typename acc_t, typename V = typename Lanes<acc_t>::V>
-EE_LANES_INLINE V lane_d2(const acc_t* cand, const PointCoef<acc_t>& at) {
+EE_LANES_INLINE V lane_d2_unclamped(const acc_t* cand, const PointCoef<acc_t>& at) {
   constexpr int W = Lanes<acc_t>::kWidth;
   const V ga = load_lanes<V>(cand), gb = load_lanes<V>(cand + W), nb = load_lanes<V>(cand + 2 * W);
-  const V v = (at.sqnorm + nb) - acc_t(2) * (at.alpha * ga + at.beta * gb);
+  return (at.sqnorm + nb) - acc_t(2) * (at.alpha * ga + at.beta * gb);
+}
+
+// The same, clamped at 0: exactly sq_dist().
+template <typename acc_t, typename V = typename Lanes<acc_t>::V>
+EE_LANES_INLINE V lane_d2(const acc_t* cand, const PointCoef<acc_t>& at) {
+  const V v = lane_d2_unclamped(cand, at);
   return v > acc_t(0) ? v : V{};
 }
+
+// A pair key k = t*T + r split into (t, r) without an integer division: a double reciprocal gives t up to
+// one unit, which one correction fixes (keys are far below 2^52).
+struct KeySplit {
+  int64_t T;
+  double inv_T;
+  explicit KeySplit(int64_t T_) : T(T_), inv_T(1.0 / double(T_)) {}
+  EE_LANES_INLINE void split(int64_t k, int64_t& t, int64_t& r) const {
+    t = int64_t(double(k) * inv_T);
+    r = k - t * T;
+    if (r < 0) {
+      --t;
+      r += T;
+    } else if (r >= T) {
+      ++t;
+      r -= T;
+    }
+  }
+  EE_LANES_INLINE int64_t transposed(int64_t k) const {
+    int64_t t, r;
+    split(k, t, r);
+    return r * T + t;
+  }
+};
 
 // Candidate blocks per pass over the points t of a row: few enough that their candidates stay in L1.
 constexpr int64_t kChunkBlocks = 8;
@@ -154,12 +184,15 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
 // hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers: m is the
 // minimum d2, kpq its smallest key t*T + r (t-major visit, strict <) and kqp its smallest key r*T + t (the
 // output (q, p) in its own terms); kpq = -1 where there is no candidate. Even and odd t run as two
-// independent chains that share the candidate loads. A lane's unique minimizer (t, r) gives both keys;
-// lanes where the minimum is attained more than once (`tied`: rare, but every duplicate point makes one)
-// are rescanned in scalar code, with the same arithmetic, for kqp. `buf` holds 3T * V elements.
+// independent chains that share the candidate loads. The hot loop skips sq_dist()'s clamp at 0 and keeps,
+// besides the first key attaining the running minimum, the last one: where they differ at the end the
+// minimum was attained more than once. A lane with a unique, positive minimum has its result (clamping
+// changes nothing above 0, and the unique minimizer gives both keys); the others (ties, and minima <= 0,
+// which the clamp turns into ties at 0: rare, but every duplicate point makes one) are rescanned in scalar
+// code with sq_dist()'s arithmetic. `buf` holds 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
-                                     acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
+                                     const KeySplit& keys, acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
                                      typename Lanes<acc_t>::key_t* out_kqp) {
   using L = Lanes<acc_t>;
   using V = typename L::V;
@@ -170,48 +203,66 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
   fill_block(pb, row, b, buf);
   struct Chain {
     V m;
-    K kpq, tied;  // tied: a candidate after the current minimum's equalled it
-    EE_LANES_INLINE void visit(const V& v, key_t key) {
-      const K lt = v < m, eq = v == m;
+    K first, last;  // the first and the last key (in visit order) attaining the running minimum
+    EE_LANES_INLINE void visit(const V& v, const K& key) {
+      const K lt = v < m, le = v <= m;
       m = lt ? v : m;
-      kpq = lt ? (K{} + key) : kpq;
-      tied = (tied | eq) & ~lt;
+      first = lt ? key : first;
+      last = le ? key : last;
     }
   };
-  Chain even{V{} + acc_t(INFINITY), K{} - 1, K{}}, odd = even;
+  Chain even{V{} + acc_t(INFINITY), K{} - 1, K{} - 1}, odd = even;
   for (int64_t t = 0; t < T; t += 2) {
     const bool two = t + 1 < T;
     const PointCoef<acc_t> a0 = row.coef[t], a1 = row.coef[two ? t + 1 : t];
+    K key0 = K{} + key_t(t * T), key1 = key0 + key_t(T);
     for (int64_t r = 0; r < T; ++r) {
       const acc_t* cand = buf + 3 * r * W;
-      even.visit(lane_d2(cand, a0), key_t(t * T + r));
-      if (two) odd.visit(lane_d2(cand, a1), key_t((t + 1) * T + r));
+      even.visit(lane_d2_unclamped(cand, a0), key0);
+      if (two) odd.visit(lane_d2_unclamped(cand, a1), key1);
+      key0 += 1;
+      key1 += 1;
     }
   }
-  // Merge: the smaller minimum wins; equal minima in both chains are a tie (kpq: the smaller key).
+  // Merge: the smaller minimum wins; equal minima in both chains are a tie.
   const K lt = odd.m < even.m, gt = even.m < odd.m;
   const V m = lt ? odd.m : even.m;
-  const K kpq = lt ? odd.kpq : (gt ? even.kpq : (odd.kpq < even.kpq ? odd.kpq : even.kpq));
-  const K tied = lt ? odd.tied : (gt ? even.tied : (K{} - 1));
-  key_t tied_lanes[W];
+  const K kpq = lt ? odd.first : (gt ? even.first : (odd.first < even.first ? odd.first : even.first));
+  const K tied = lt ? (odd.first != odd.last) : (gt ? (even.first != even.last) : (K{} - 1));
+  const K rescan = (kpq >= 0) & (tied | (m <= acc_t(0)));
+  key_t rescan_lanes[W];
   store_lanes(out_m, m);
   store_lanes(out_kpq, kpq);
-  store_lanes(tied_lanes, tied);
+  store_lanes(rescan_lanes, rescan);
   for (int e = 0; e < W; ++e) {
-    const key_t k = out_kpq[e];
-    out_kqp[e] = k < 0 ? key_t(-1) : key_t((k % T) * T + k / T);
-    if (k < 0 || !tied_lanes[e]) continue;
-    // The first minimizer in r-major order, with lane_d2's operations on this lane.
-    for (int64_t r = 0; r < T; ++r)
-      for (int64_t t = 0; t < T; ++t) {
-        const PointCoef<acc_t> at = row.coef[t];
-        const acc_t* cand = buf + 3 * r * W + e;
-        const acc_t v = (at.sqnorm + cand[2 * W]) - acc_t(2) * (at.alpha * cand[0] + at.beta * cand[W]);
-        if ((v > acc_t(0) ? v : acc_t(0)) == out_m[e]) {
-          out_kqp[e] = key_t(r * T + t);
-          r = t = T;
+    if (!rescan_lanes[e]) {
+      out_kqp[e] = out_kpq[e] < 0 ? key_t(-1) : key_t(keys.transposed(out_kpq[e]));
+      continue;
+    }
+    // sq_dist() on this lane: the clamped minimum, its first minimizer in t-major order, then in r-major.
+    auto d2 = [&](int64_t t, int64_t r) {
+      const PointCoef<acc_t> at = row.coef[t];
+      const acc_t* cand = buf + 3 * r * W + e;
+      const acc_t v = (at.sqnorm + cand[2 * W]) - acc_t(2) * (at.alpha * cand[0] + at.beta * cand[W]);
+      return v > acc_t(0) ? v : acc_t(0);
+    };
+    acc_t best = acc_t(INFINITY);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t r = 0; r < T; ++r) {
+        const acc_t v = d2(t, r);
+        if (v < best) {
+          best = v;
+          out_kpq[e] = key_t(t * T + r);
         }
       }
+    out_m[e] = best;
+    for (int64_t r = 0, found = 0; r < T && !found; ++r)
+      for (int64_t t = 0; t < T; ++t)
+        if (d2(t, r) == best) {
+          out_kqp[e] = key_t(r * T + t);
+          found = 1;
+          break;
+        }
   }
 }
 
@@ -224,12 +275,12 @@ EE_VECTOR_CLONES inline void point_row(const PairBlocks<double>& pb, const RowAr
   point_row_impl(pb, row, buf, m, k);
 }
 EE_VECTOR_CLONES inline void pair_block(const PairBlocks<float>& pb, const RowArgs<float>& row, int64_t b, float* buf,
-                                        float* m, int32_t* kpq, int32_t* kqp) {
-  pair_block_impl(pb, row, b, buf, m, kpq, kqp);
+                                        const KeySplit& keys, float* m, int32_t* kpq, int32_t* kqp) {
+  pair_block_impl(pb, row, b, buf, keys, m, kpq, kqp);
 }
 EE_VECTOR_CLONES inline void pair_block(const PairBlocks<double>& pb, const RowArgs<double>& row, int64_t b,
-                                        double* buf, double* m, int64_t* kpq, int64_t* kqp) {
-  pair_block_impl(pb, row, b, buf, m, kpq, kqp);
+                                        double* buf, const KeySplit& keys, double* m, int64_t* kpq, int64_t* kqp) {
+  pair_block_impl(pb, row, b, buf, keys, m, kpq, kqp);
 }
 
 // Whether the row path's keys fit its lanes' integers (int32 for float): q*T + r for points, T*T for pairs.
@@ -280,6 +331,7 @@ void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = a.T, P = a.P;
   const PairBlocks<acc_t> pb(a);
+  const KeySplit keys(T);
   at::parallel_for(0, (P + 1) / 2, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(3 * T * W);
     acc_t m[W];
@@ -287,7 +339,7 @@ void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
     auto row = [&](int64_t p) {
       const RowArgs<acc_t> ra = row_args(a, p);
       for (int64_t b = p / W; b < pb.blocks; ++b) {
-        pair_block(pb, ra, b, buf.data(), m, kpq, kqp);
+        pair_block(pb, ra, b, buf.data(), keys, m, kpq, kqp);
         for (int e = 0; e < W; ++e) {
           const int64_t q = b * W + e;
           if (q < p || q >= P) continue;
@@ -296,10 +348,15 @@ void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
           const scalar_t d = scalar_t(found ? std::sqrt(m[e]) : acc_t(INFINITY));
           dist[pq] = d;
           dist[qp] = d;
-          index[2 * pq] = found ? kpq[e] / T : -1;
-          index[2 * pq + 1] = found ? kpq[e] % T : -1;
-          index[2 * qp] = found ? kqp[e] / T : -1;
-          index[2 * qp + 1] = found ? kqp[e] % T : -1;
+          int64_t t = -1, r = -1, r_q = -1, t_p = -1;  // (q, p) in its own terms: (r of q, t of p)
+          if (found) {
+            keys.split(kpq[e], t, r);
+            keys.split(kqp[e], r_q, t_p);
+          }
+          index[2 * pq] = t;
+          index[2 * pq + 1] = r;
+          index[2 * qp] = r_q;
+          index[2 * qp + 1] = t_p;
         }
       }
     };
