@@ -161,11 +161,14 @@ def test_cpu_fast_path_equals_tile_path_many_pairs(dtype):
 
 
 @pytest.mark.parametrize("op", ["pairs", "points"])
-def test_large_batch_blocked_gram(op):
+@pytest.mark.parametrize("mode, shuffle", [("adjacent", False), ("all", True)])
+def test_large_batch_blocked_gram(op, mode, shuffle):
     """B >= 512: the CPU multiplies only the upper block triangle of X Xᵀ (uneven blocks: B = 514) and
-    mirrors the rest. Values, argmins and gradients against the reference."""
-    X, labels = make_batch(257, 2, 16)
-    pairs = ee_cuda.positive_pairs(labels, "adjacent")
+    mirrors the rest, except for the pair search over ascending pairs (the sorted adjacent layout), which
+    reads the upper triangle only; shuffled pairs take the mirror. Values, argmins and gradients against
+    the reference."""
+    X, labels = make_batch(257, 2, 16, shuffle=shuffle)
+    pairs = ee_cuda.positive_pairs(labels, mode)
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
     ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
     check = check_pairs_output if op == "pairs" else check_points_output

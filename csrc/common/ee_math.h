@@ -87,13 +87,26 @@ EE_HD PointCoef<acc_t> point_coef(int64_t t, int64_t n, bool normalize, acc_t un
   return c;
 }
 
+// 2 <b, x_i> and 2 <b, x_j> for b = (ab x_k + bb x_l), from the Gram entries g_ik, g_il (resp. g_jk, g_jl):
+// what a point b contributes to its squared distances from the points of pair (i, j). Doubled here (a
+// product by 2 is exact) so that the CPU's row path can tabulate them per candidate b.
+template <typename acc_t>
+EE_HD acc_t doubled_dot(const PointCoef<acc_t>& b, acc_t g_k, acc_t g_l) {
+  return acc_t(2) * (b.alpha * g_k + b.beta * g_l);
+}
+
+// ||a||^2 + ||b||^2 - 2 <a, b> for a = (aa x_i + ba x_j), given b's norm and doubled dots; not clamped.
+template <typename acc_t>
+EE_HD acc_t sq_dist_unclamped(const PointCoef<acc_t>& a, acc_t b_sqnorm, acc_t dot2_i, acc_t dot2_j) {
+  return a.sqnorm + (b_sqnorm - (a.alpha * dot2_i + a.beta * dot2_j));
+}
+
 // Squared distance between a = (aa x_i + ba x_j) and b = (ab x_k + bb x_l) from the four Gram entries
 // g_ik, g_il, g_jk, g_jl; clamped at 0 against cancellation.
 template <typename acc_t>
 EE_HD acc_t sq_dist(const PointCoef<acc_t>& a, const PointCoef<acc_t>& b, acc_t g_ik, acc_t g_il, acc_t g_jk,
                     acc_t g_jl) {
-  const acc_t dot = a.alpha * (b.alpha * g_ik + b.beta * g_il) + a.beta * (b.alpha * g_jk + b.beta * g_jl);
-  const acc_t d2 = a.sqnorm + b.sqnorm - acc_t(2) * dot;
+  const acc_t d2 = sq_dist_unclamped(a, b.sqnorm, doubled_dot(b, g_ik, g_il), doubled_dot(b, g_jk, g_jl));
   return d2 > acc_t(0) ? d2 : (d2 == d2 ? acc_t(0) : d2);  // keeps NaN
 }
 

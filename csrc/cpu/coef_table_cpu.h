@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "../common/ee_math.h"
+#include "lanes_cpu.h"
 
 namespace ee {
 
@@ -21,7 +22,7 @@ inline PointCoef<acc_t>* coef_ptr(const at::Tensor& table) {
 // Sum over d of f(d)^2, in 16 interleaved partial sums, which vectorize (the reference's norm has its own
 // summation order, so no order is "the" exact one).
 template <typename acc_t, typename F>
-inline acc_t sum_of_squares(int64_t D, const F& f) {
+EE_LANES_INLINE acc_t sum_of_squares(int64_t D, const F& f) {
   constexpr int kLanes = 16;
   acc_t lane[kLanes] = {};
   int64_t d = 0;
@@ -43,9 +44,30 @@ inline acc_t sum_of_squares(int64_t D, const F& f) {
 // rounds it (two products, then their sum, no FMA), so u is exactly 0 exactly where the reference's is; the
 // division is a multiplication by 1/(n+1), which keeps that and vectorizes.
 template <typename acc_t>
-inline acc_t synthetic_sqnorm(const acc_t* xi, const acc_t* xj, int64_t D, int64_t t, int64_t n) {
+EE_LANES_INLINE acc_t synthetic_sqnorm(const acc_t* xi, const acc_t* xj, int64_t D, int64_t t, int64_t n) {
   const acc_t a = acc_t(n + 1 - t), b = acc_t(t), inv = acc_t(1) / acc_t(n + 1);
   return sum_of_squares<acc_t>(D, [&](int64_t d) { return (a * xi[d] + b * xj[d]) * inv; });
+}
+
+// The T points of the pair (x_i, x_j).
+template <typename acc_t>
+EE_LANES_INLINE void pair_coefs_impl(const acc_t* xi, const acc_t* xj, int64_t D, int64_t n, bool normalize,
+                                     PointCoef<acc_t>* out) {
+  const acc_t si = sum_of_squares<acc_t>(D, [&](int64_t d) { return xi[d]; });
+  const acc_t sj = sum_of_squares<acc_t>(D, [&](int64_t d) { return xj[d]; });
+  out[0] = point_coef<acc_t>(0, n, normalize, acc_t(-1), si);
+  out[n + 1] = point_coef<acc_t>(n + 1, n, normalize, acc_t(-1), sj);
+  for (int64_t t = 1; t <= n; ++t)
+    out[t] = point_coef<acc_t>(t, n, normalize, std::sqrt(synthetic_sqnorm(xi, xj, D, t, n)), acc_t(0));
+}
+
+EE_VECTOR_CLONES inline void pair_coefs(const float* xi, const float* xj, int64_t D, int64_t n, bool normalize,
+                                        PointCoef<float>* out) {
+  pair_coefs_impl(xi, xj, D, n, normalize, out);
+}
+EE_VECTOR_CLONES inline void pair_coefs(const double* xi, const double* xj, int64_t D, int64_t n, bool normalize,
+                                        PointCoef<double>* out) {
+  pair_coefs_impl(xi, xj, D, n, normalize, out);
 }
 
 // X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns (P, T, 4) acc_t.
@@ -57,16 +79,7 @@ at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t 
   const acc_t* x = X.data_ptr<acc_t>();
   const int64_t* pr = pairs.data_ptr<int64_t>();
   at::parallel_for(0, P, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const acc_t* xi = x + pr[2 * p] * D;
-      const acc_t* xj = x + pr[2 * p + 1] * D;
-      const acc_t si = sum_of_squares<acc_t>(D, [&](int64_t d) { return xi[d]; });
-      const acc_t sj = sum_of_squares<acc_t>(D, [&](int64_t d) { return xj[d]; });
-      out[p * T] = point_coef<acc_t>(0, n, normalize, acc_t(-1), si);
-      out[p * T + n + 1] = point_coef<acc_t>(n + 1, n, normalize, acc_t(-1), sj);
-      for (int64_t t = 1; t <= n; ++t)
-        out[p * T + t] = point_coef<acc_t>(t, n, normalize, std::sqrt(synthetic_sqnorm(xi, xj, D, t, n)), acc_t(0));
-    }
+    for (int64_t p = begin; p < end; ++p) pair_coefs(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, normalize, out + p * T);
   });
   return table;
 }

@@ -45,23 +45,28 @@ struct PairBlocks {
   }
 };
 
-// What row p reads besides the blocks: its pair's Gram rows, its label and its points' coefficients.
+// What row p reads besides the blocks: its pair's Gram rows, its label and its points' coefficients. With
+// `upper_only` the Gram's lower triangle is not filled in: entry (a, c) with c < a is read at (c, a).
 template <typename acc_t>
 struct RowArgs {
   const acc_t *gi, *gj;
   int64_t label;
   const PointCoef<acc_t>* coef;  // coef[t], t < T
+  const acc_t* gram;
+  int64_t B, i, j;
+  bool upper_only;
 };
 
 template <typename acc_t>
-RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p) {
-  return RowArgs<acc_t>{a.gram + a.pairs[2 * p] * a.B, a.gram + a.pairs[2 * p + 1] * a.B, a.pair_label[p],
-                        a.coef + p * a.T};
+RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p, bool upper_only) {
+  const int64_t i = a.pairs[2 * p], j = a.pairs[2 * p + 1];
+  return RowArgs<acc_t>{a.gram + i * a.B, a.gram + j * a.B, a.pair_label[p], a.coef + p * a.T, a.gram, a.B, i, j,
+                        upper_only};
 }
 
-// The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: ga = <a(q,r), x_i>
-// and gb = <a(q,r), x_j> (from Gram entries, as sq_dist() forms them) and nb = ||a(q,r)||^2, or +inf where q
-// has p's label.
+// The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: 2 <a(q,r), x_i>
+// and 2 <a(q,r), x_j> (doubled_dot() of the Gram entries) and nb = ||a(q,r)||^2, or +inf where q has p's
+// label.
 template <typename acc_t>
 EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf) {
   using L = Lanes<acc_t>;
@@ -70,31 +75,34 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   constexpr int W = L::kWidth;
   V g_ik, g_il, g_jk, g_jl;
   K same;
+  auto entry = [&row](const acc_t* g_row, int64_t a, int64_t c) {
+    return row.upper_only && c < a ? row.gram[c * row.B + a] : g_row[c];
+  };
   for (int e = 0; e < W; ++e) {
     const int64_t k = pb.k[b * W + e], l = pb.l[b * W + e];
-    g_ik[e] = row.gi[k];
-    g_il[e] = row.gi[l];
-    g_jk[e] = row.gj[k];
-    g_jl[e] = row.gj[l];
+    g_ik[e] = entry(row.gi, row.i, k);
+    g_il[e] = entry(row.gi, row.i, l);
+    g_jk[e] = entry(row.gj, row.j, k);
+    g_jl[e] = entry(row.gj, row.j, l);
     same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
   }
   const int64_t off = b * pb.T * W;
   for (int64_t r = 0; r < pb.T; ++r) {
     const V al = load_lanes<V>(pb.alpha.data() + off + r * W), be = load_lanes<V>(pb.beta.data() + off + r * W);
     const V nb = load_lanes<V>(pb.sqnorm.data() + off + r * W);
-    store_lanes(buf + (3 * r) * W, al * g_ik + be * g_il);
-    store_lanes(buf + (3 * r + 1) * W, al * g_jk + be * g_jl);
+    store_lanes(buf + (3 * r) * W, acc_t(2) * (al * g_ik + be * g_il));  // doubled_dot()
+    store_lanes(buf + (3 * r + 1) * W, acc_t(2) * (al * g_jk + be * g_jl));
     store_lanes(buf + (3 * r + 2) * W, same ? (V{} + acc_t(INFINITY)) : nb);
   }
 }
 
 // ||a(p, t)||^2 + ||a(q, r)||^2 - 2 <a(p, t), a(q, r)> against the V candidates of one (block, r) of buf:
-// sq_dist()'s operations in its order, before its clamp at 0.
+// sq_dist_unclamped()'s operations in its order (sq_dist() before its clamp at 0).
 template <typename acc_t, typename V = typename Lanes<acc_t>::V>
 EE_LANES_INLINE V lane_d2_unclamped(const acc_t* cand, const PointCoef<acc_t>& at) {
   constexpr int W = Lanes<acc_t>::kWidth;
-  const V ga = load_lanes<V>(cand), gb = load_lanes<V>(cand + W), nb = load_lanes<V>(cand + 2 * W);
-  return (at.sqnorm + nb) - acc_t(2) * (at.alpha * ga + at.beta * gb);
+  const V dot2_i = load_lanes<V>(cand), dot2_j = load_lanes<V>(cand + W), nb = load_lanes<V>(cand + 2 * W);
+  return at.sqnorm + (nb - (at.alpha * dot2_i + at.beta * dot2_j));
 }
 
 // The same, clamped at 0: exactly sq_dist().
@@ -183,13 +191,13 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
 
 // hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers: m is the
 // minimum d2, kpq its smallest key t*T + r (t-major visit, strict <) and kqp its smallest key r*T + t (the
-// output (q, p) in its own terms); kpq = -1 where there is no candidate. Even and odd t run as two
-// independent chains that share the candidate loads. The hot loop skips sq_dist()'s clamp at 0 and keeps,
-// besides the first key attaining the running minimum, the last one: where they differ at the end the
-// minimum was attained more than once. A lane with a unique, positive minimum has its result (clamping
-// changes nothing above 0, and the unique minimizer gives both keys); the others (ties, and minima <= 0,
-// which the clamp turns into ties at 0: rare, but every duplicate point makes one) are rescanned in scalar
-// code with sq_dist()'s arithmetic. `buf` holds 3T * V elements.
+// output (q, p) in its own terms); kpq = -1 where there is no candidate. The hot loop skips sq_dist()'s
+// clamp at 0 and keeps, besides the first key attaining the running minimum, the last one: where they
+// differ at the end the minimum was attained more than once. A lane with a unique, positive minimum has its
+// result (clamping changes nothing above 0, and the unique minimizer gives both keys); the others (ties,
+// and minima <= 0, which the clamp turns into ties at 0: rare, but every duplicate point makes one) are
+// rescanned in scalar code with sq_dist()'s arithmetic. Even and odd t run as two independent chains that
+// share the candidate loads (one chain is bound by its compare-blend latency). `buf` holds 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
                                      const KeySplit& keys, acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
@@ -243,7 +251,7 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
     auto d2 = [&](int64_t t, int64_t r) {
       const PointCoef<acc_t> at = row.coef[t];
       const acc_t* cand = buf + 3 * r * W + e;
-      const acc_t v = (at.sqnorm + cand[2 * W]) - acc_t(2) * (at.alpha * cand[0] + at.beta * cand[W]);
+      const acc_t v = sq_dist_unclamped(at, cand[2 * W], cand[0], cand[W]);
       return v > acc_t(0) ? v : acc_t(0);
     };
     acc_t best = acc_t(INFINITY);
@@ -301,7 +309,7 @@ void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) 
     std::vector<acc_t> buf(kChunkBlocks * 3 * T * W), state_m(T * W);
     std::vector<key_t> state_k(T * W);
     for (int64_t p = begin; p < end; ++p) {
-      point_row(pb, row_args(a, p), buf.data(), state_m.data(), state_k.data());
+      point_row(pb, row_args(a, p, false), buf.data(), state_m.data(), state_k.data());
       for (int64_t t = 0; t < T; ++t) {  // the lanes' (min, smallest key)
         acc_t m = acc_t(INFINITY);
         int64_t c = -1;
@@ -324,9 +332,9 @@ void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) 
 
 // hard_negative_pairs. The task of row p scans the unordered pairs (p, q), q >= p, once (from p's block on;
 // lanes q < p are computed and dropped) and writes both outputs (p, q) and (q, p). Rows go to tasks in
-// pairs (k, P-1-k), so that each gets as much of the triangle.
+// pairs (k, P-1-k), so that each gets as much of the triangle. `upper_only`: see RowArgs.
 template <typename acc_t, typename scalar_t>
-void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
+void pair_rows_cpu(const SearchArgs<acc_t>& a, bool upper_only, scalar_t* dist, int64_t* index) {
   using key_t = typename Lanes<acc_t>::key_t;
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = a.T, P = a.P;
@@ -337,7 +345,7 @@ void pair_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
     acc_t m[W];
     key_t kpq[W], kqp[W];
     auto row = [&](int64_t p) {
-      const RowArgs<acc_t> ra = row_args(a, p);
+      const RowArgs<acc_t> ra = row_args(a, p, upper_only);
       for (int64_t b = p / W; b < pb.blocks; ++b) {
         pair_block(pb, ra, b, buf.data(), keys, m, kpq, kqp);
         for (int e = 0; e < W; ++e) {
