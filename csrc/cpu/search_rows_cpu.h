@@ -73,8 +73,8 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   using V = typename L::V;
   using K = typename L::K;
   constexpr int W = L::kWidth;
-  V g_ik, g_il, g_jk, g_jl;
-  K same;
+  V g_ik{}, g_il{}, g_jk{}, g_jl{};
+  K same{};
   auto entry = [&row](const acc_t* g_row, int64_t a, int64_t c) {
     return row.upper_only && c < a ? row.gram[c * row.B + a] : g_row[c];
   };
