@@ -16,6 +16,12 @@ def fresh_seed() -> int:
     return seed
 
 
+@pytest.fixture(autouse=True)
+def fresh_seed_per_test():
+    """Every test starts from a fresh OS seed, printed: a failure's captured output names it for replay."""
+    print(f"torch.manual_seed({fresh_seed()})")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small float64 batches: one intra-op thread is faster, and far faster on a shared CPU."""

@@ -285,13 +285,17 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
       for (int64_t comp = begin; comp < end; ++comp)
         for (int64_t e = pc.offsets[comp]; e < pc.offsets[comp + 1]; ++e) {
           const int64_t p = pc.pair[e], i = pr[2 * p], j = pr[2 * p + 1];
+          const int64_t* idx_p = idx + 2 * p * P;
+          const acc_t *d_p = d + p * P, *g_p = g + p * P;
+          const PointGradCoef<acc_t>* gc_p = gc.data() + p * T;
+          acc_t* own_p = own.data() + p * T;
           for (int64_t q = 0; q < P; ++q) {
-            const int64_t pq = p * P + q, t = idx[2 * pq], r = idx[2 * pq + 1];
-            if (t < 0 || r < 0 || t >= T || r >= T) continue;
-            const DistanceGrad<acc_t> gr = distance_grad(gc[p * T + t], gc[q * T + r], d[pq], g[pq]);
+            const int64_t t = idx_p[2 * q], r = idx_p[2 * q + 1];
+            if ((uint64_t(t) >= uint64_t(T)) | (uint64_t(r) >= uint64_t(T))) continue;  // -1: no negative
+            const DistanceGrad<acc_t> gr = distance_grad(gc_p[t], gc[q * T + r], d_p[q], g_p[q]);
             if (!gr.any) continue;
             cross_entries(i, j, pr[2 * q], pr[2 * q + 1], gr, add);
-            own[p * T + t] += gr.own_a;
+            own_p[t] += gr.own_a;
             own[q * T + r] += gr.own_b;
           }
         }
