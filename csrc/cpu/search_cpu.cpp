@@ -323,7 +323,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    const std::vector<PointGradCoef<acc_t>> gc = arr.grad_coef(P, n, normalize);
+    const PointCoef<acc_t>* c = arr.coef;
     const int64_t *pr = arr.pairs, *idx = arr.index;
     const acc_t *g = arr.grad, *d = arr.dist;
     const acc_t* x = arr.x;
@@ -381,7 +381,9 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
     for (int64_t o = 0; o < P * T; ++o) {
       const int64_t q = idx[2 * o], r = idx[2 * o + 1];
       if (q < 0 || r < 0 || q >= P || r >= T) continue;
-      const DistanceGrad<acc_t> gr = distance_grad(gc[o], gc[q * T + r], d[o], g[o]);
+      // P x T outputs, one per point: each point's PointGradCoef is formed as needed, not tabulated.
+      const DistanceGrad<acc_t> gr = distance_grad(point_grad_coef(c[o], o % T, n, normalize),
+                                                   point_grad_coef(c[q * T + r], r, n, normalize), d[o], g[o]);
       if (!gr.any) continue;
       const int64_t p = o / T;
       cross_entries(pr[2 * p], pr[2 * p + 1], pr[2 * q], pr[2 * q + 1], gr, add);

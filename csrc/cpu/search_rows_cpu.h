@@ -66,8 +66,9 @@ RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p, bool upper_only) 
 
 // The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: 2 <a(q,r), x_i>
 // and 2 <a(q,r), x_j> (doubled_dot() of the Gram entries) and nb = ||a(q,r)||^2, or +inf where q has p's
-// label.
-template <typename acc_t>
+// label. kUpperOnly: the Gram's lower triangle is not filled in (RowArgs::upper_only), a compile-time choice
+// because the gathers are a good part of a block's work when T is small.
+template <bool kUpperOnly, typename acc_t>
 EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf) {
   using L = Lanes<acc_t>;
   using V = typename L::V;
@@ -76,7 +77,8 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   V g_ik{}, g_il{}, g_jk{}, g_jl{};
   K same{};
   auto entry = [&row](const acc_t* g_row, int64_t a, int64_t c) {
-    return row.upper_only && c < a ? row.gram[c * row.B + a] : g_row[c];
+    if constexpr (kUpperOnly) return c < a ? row.gram[c * row.B + a] : g_row[c];
+    return g_row[c];
   };
   for (int e = 0; e < W; ++e) {
     const int64_t k = pb.k[b * W + e], l = pb.l[b * W + e];
@@ -161,7 +163,7 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
   }
   for (int64_t b0 = 0; b0 < pb.blocks; b0 += kChunkBlocks) {
     const int64_t b1 = std::min(pb.blocks, b0 + kChunkBlocks);
-    for (int64_t b = b0; b < b1; ++b) fill_block(pb, row, b, buf + (b - b0) * 3 * T * W);
+    for (int64_t b = b0; b < b1; ++b) fill_block<false>(pb, row, b, buf + (b - b0) * 3 * T * W);
     for (int64_t t = 0; t < T; t += 2) {
       const bool two = t + 1 < T;
       const PointCoef<acc_t> a0 = row.coef[t], a1 = row.coef[two ? t + 1 : t];
@@ -208,7 +210,7 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
   using key_t = typename L::key_t;
   const int64_t T = pb.T;
   constexpr int W = L::kWidth;
-  fill_block(pb, row, b, buf);
+  row.upper_only ? fill_block<true>(pb, row, b, buf) : fill_block<false>(pb, row, b, buf);
   struct Chain {
     V m;
     K first, last;  // the first and the last key (in visit order) attaining the running minimum
