@@ -10,6 +10,10 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define EE_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced inline on the CPU as well: the vectorized row path calls some of these from its AVX2 clones
+// (lanes_cpu.h), and a call out to a baseline copy would run them in SSE.
+#define EE_HD inline __attribute__((always_inline))
 #else
 #define EE_HD inline
 #endif
@@ -87,26 +91,37 @@ EE_HD PointCoef<acc_t> point_coef(int64_t t, int64_t n, bool normalize, acc_t un
   return c;
 }
 
-// 2 <b, x_i> and 2 <b, x_j> for b = (ab x_k + bb x_l), from the Gram entries g_ik, g_il (resp. g_jk, g_jl):
-// what a point b contributes to its squared distances from the points of pair (i, j). Doubled here (a
-// product by 2 is exact) so that the CPU's row path can tabulate them per candidate b.
-template <typename acc_t>
-EE_HD acc_t doubled_dot(const PointCoef<acc_t>& b, acc_t g_k, acc_t g_l) {
-  return acc_t(2) * (b.alpha * g_k + b.beta * g_l);
+// 2 <b, x_i> and 2 <b, x_j> for b = (alpha x_k + beta x_l), from the Gram entries g_ik, g_il (resp. g_jk,
+// g_jl): what a point b contributes to its squared distances from the points of pair (i, j). Doubled here
+// (s + s is exact) so that the CPU's row path can tabulate them per candidate b. T is acc_t, or on the CPU a
+// vector of acc_t lanes (lanes_cpu.h), which then computes exactly these operations lane by lane.
+#if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__HIPCC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // T a 32-byte vector: always inlined, never passed across a call
+#endif
+template <typename T>
+EE_HD T doubled_dot(T alpha, T beta, T g_k, T g_l) {
+  const T s = alpha * g_k + beta * g_l;
+  return s + s;
 }
 
-// ||a||^2 + ||b||^2 - 2 <a, b> for a = (aa x_i + ba x_j), given b's norm and doubled dots; not clamped.
-template <typename acc_t>
-EE_HD acc_t sq_dist_unclamped(const PointCoef<acc_t>& a, acc_t b_sqnorm, acc_t dot2_i, acc_t dot2_j) {
+// ||a||^2 + ||b||^2 - 2 <a, b> for a = (aa x_i + ba x_j), given b's norm and doubled dots; not clamped. T as
+// in doubled_dot().
+template <typename acc_t, typename T>
+EE_HD T sq_dist_unclamped(const PointCoef<acc_t>& a, T b_sqnorm, T dot2_i, T dot2_j) {
   return a.sqnorm + (b_sqnorm - (a.alpha * dot2_i + a.beta * dot2_j));
 }
+#if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__HIPCC__)
+#pragma GCC diagnostic pop
+#endif
 
 // Squared distance between a = (aa x_i + ba x_j) and b = (ab x_k + bb x_l) from the four Gram entries
 // g_ik, g_il, g_jk, g_jl; clamped at 0 against cancellation.
 template <typename acc_t>
 EE_HD acc_t sq_dist(const PointCoef<acc_t>& a, const PointCoef<acc_t>& b, acc_t g_ik, acc_t g_il, acc_t g_jk,
                     acc_t g_jl) {
-  const acc_t d2 = sq_dist_unclamped(a, b.sqnorm, doubled_dot(b, g_ik, g_il), doubled_dot(b, g_jk, g_jl));
+  const acc_t d2 = sq_dist_unclamped(a, b.sqnorm, doubled_dot(b.alpha, b.beta, g_ik, g_il),
+                                     doubled_dot(b.alpha, b.beta, g_jk, g_jl));
   return d2 > acc_t(0) ? d2 : (d2 == d2 ? acc_t(0) : d2);  // keeps NaN
 }
 

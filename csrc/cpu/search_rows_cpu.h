@@ -49,18 +49,16 @@ struct PairBlocks {
 // `upper_only` the Gram's lower triangle is not filled in: entry (a, c) with c < a is read at (c, a).
 template <typename acc_t>
 struct RowArgs {
-  const acc_t *gi, *gj;
+  const acc_t* gram;
+  int64_t B, i, j;  // p's pair (i, j): Gram rows gram + i*B, gram + j*B
   int64_t label;
   const PointCoef<acc_t>* coef;  // coef[t], t < T
-  const acc_t* gram;
-  int64_t B, i, j;
   bool upper_only;
 };
 
 template <typename acc_t>
 RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p, bool upper_only) {
-  const int64_t i = a.pairs[2 * p], j = a.pairs[2 * p + 1];
-  return RowArgs<acc_t>{a.gram + i * a.B, a.gram + j * a.B, a.pair_label[p], a.coef + p * a.T, a.gram, a.B, i, j,
+  return RowArgs<acc_t>{a.gram, a.B, a.pairs[2 * p], a.pairs[2 * p + 1], a.pair_label[p], a.coef + p * a.T,
                         upper_only};
 }
 
@@ -76,24 +74,25 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   constexpr int W = L::kWidth;
   V g_ik{}, g_il{}, g_jk{}, g_jl{};
   K same{};
+  const acc_t *gi = row.gram + row.i * row.B, *gj = row.gram + row.j * row.B;
   auto entry = [&row](const acc_t* g_row, int64_t a, int64_t c) {
     if constexpr (kUpperOnly) return c < a ? row.gram[c * row.B + a] : g_row[c];
     return g_row[c];
   };
   for (int e = 0; e < W; ++e) {
     const int64_t k = pb.k[b * W + e], l = pb.l[b * W + e];
-    g_ik[e] = entry(row.gi, row.i, k);
-    g_il[e] = entry(row.gi, row.i, l);
-    g_jk[e] = entry(row.gj, row.j, k);
-    g_jl[e] = entry(row.gj, row.j, l);
+    g_ik[e] = entry(gi, row.i, k);
+    g_il[e] = entry(gi, row.i, l);
+    g_jk[e] = entry(gj, row.j, k);
+    g_jl[e] = entry(gj, row.j, l);
     same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
   }
   const int64_t off = b * pb.T * W;
   for (int64_t r = 0; r < pb.T; ++r) {
     const V al = load_lanes<V>(pb.alpha.data() + off + r * W), be = load_lanes<V>(pb.beta.data() + off + r * W);
     const V nb = load_lanes<V>(pb.sqnorm.data() + off + r * W);
-    store_lanes(buf + (3 * r) * W, acc_t(2) * (al * g_ik + be * g_il));  // doubled_dot()
-    store_lanes(buf + (3 * r + 1) * W, acc_t(2) * (al * g_jk + be * g_jl));
+    store_lanes(buf + (3 * r) * W, doubled_dot(al, be, g_ik, g_il));
+    store_lanes(buf + (3 * r + 1) * W, doubled_dot(al, be, g_jk, g_jl));
     store_lanes(buf + (3 * r + 2) * W, same ? (V{} + acc_t(INFINITY)) : nb);
   }
 }
@@ -103,8 +102,7 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
 template <typename acc_t, typename V = typename Lanes<acc_t>::V>
 EE_LANES_INLINE V lane_d2_unclamped(const acc_t* cand, const PointCoef<acc_t>& at) {
   constexpr int W = Lanes<acc_t>::kWidth;
-  const V dot2_i = load_lanes<V>(cand), dot2_j = load_lanes<V>(cand + W), nb = load_lanes<V>(cand + 2 * W);
-  return at.sqnorm + (nb - (at.alpha * dot2_i + at.beta * dot2_j));
+  return sq_dist_unclamped(at, load_lanes<V>(cand + 2 * W), load_lanes<V>(cand), load_lanes<V>(cand + W));
 }
 
 // The same, clamped at 0: exactly sq_dist().
