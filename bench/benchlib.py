@@ -373,29 +373,34 @@ class RSSMeter:
 
     ``start()`` returns free heap memory to the OS (``malloc_trim``), resets the kernel's high-water mark
     (``/proc/self/clear_refs`` <- 5) and records the current RSS; ``stop()`` returns ``VmHWM - baseline``
-    in bytes. glibc's mmap threshold is pinned (``mallopt``): at 32 MiB while timing (the value its dynamic
-    threshold settles at), at 64 KiB between ``start`` and ``stop`` so that every block of 64 KiB or more
-    is a fresh mapping that the high-water mark sees, not memory reused from a cache the baseline holds.
+    in bytes. glibc's mmap threshold is pinned (``mallopt``): at 32 MiB while timing, with the trim
+    threshold at 64 MiB (the values glibc's dynamic thresholds settle at in a process that frees blocks of
+    up to 32 MiB, as a training loop does; pinning one turns off the dynamics of both, so the trim threshold
+    is pinned with it, else it stays at its 128 KiB start and every call re-faults the pages at the heap's
+    top); at 64 KiB and 128 KiB between ``start`` and ``stop``, so that every block of 64 KiB or more is a
+    fresh mapping that the high-water mark sees, not memory reused from a cache the baseline holds.
     Resolution: a page; blocks under 64 KiB served from already-resident heap are not counted.
     """
 
     _libc = None
     M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1
     TIMING_THRESHOLD, MEASURE_THRESHOLD = 32 * 2**20, 64 * 2**10
+    TIMING_TRIM, MEASURE_TRIM = 64 * 2**20, 128 * 2**10
 
     def __init__(self):
         self.ok = os.path.exists("/proc/self/clear_refs")
         if self.ok and RSSMeter._libc is None:
             try:
                 RSSMeter._libc = ctypes.CDLL("libc.so.6")
-                self._mallopt(self.TIMING_THRESHOLD)
+                self._mallopt(self.TIMING_THRESHOLD, self.TIMING_TRIM)
             except OSError:
                 RSSMeter._libc = False
         self.base = None
 
-    def _mallopt(self, threshold):
+    def _mallopt(self, threshold, trim):
         if self._libc:
             self._libc.mallopt(self.M_MMAP_THRESHOLD, threshold)
+            self._libc.mallopt(self.M_TRIM_THRESHOLD, trim)
 
     @staticmethod
     def _status():
@@ -410,7 +415,7 @@ class RSSMeter:
     def start(self):
         if not self.ok:
             return
-        self._mallopt(self.MEASURE_THRESHOLD)
+        self._mallopt(self.MEASURE_THRESHOLD, self.MEASURE_TRIM)
         if self._libc:
             self._libc.malloc_trim(0)
         try:
@@ -425,7 +430,7 @@ class RSSMeter:
         if not self.ok or self.base is None:
             return None
         peak = max(0, self._status()["VmHWM"] - self.base)
-        self._mallopt(self.TIMING_THRESHOLD)
+        self._mallopt(self.TIMING_THRESHOLD, self.TIMING_TRIM)
         return peak
 
 

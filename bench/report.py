@@ -523,7 +523,9 @@ def main(argv=None):
         "(≥ 3 rounds, iterations for calls under 5 ms), reference cases ~3 s (1 round for calls over 3 s, whose "
         "single timed call is the one checked). Median reported. Python's cyclic garbage collector is off during "
         "the timed calls of every implementation (as `timeit` does; `bench/conftest.py` sets pytest-benchmark's "
-        "`--benchmark-disable-gc`). Cases run in priority order under a time "
+        "`--benchmark-disable-gc`). While timing, glibc's mmap and trim thresholds are pinned at 32 and 64 MiB, "
+        "the values its dynamic thresholds settle at in a training loop (so freed blocks under 32 MiB are "
+        "reused, not unmapped or trimmed and faulted in again each call). Cases run in priority order under a time "
         "budget (`--bench-budget`); what does not fit is skipped and listed.",
         "- **Memory (CPU).** Peak extra resident memory of one call: `malloc_trim`, reset of the kernel's "
         "high-water mark through `/proc/self/clear_refs`, then `VmHWM - VmRSS(before)`; glibc's mmap threshold "

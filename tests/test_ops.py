@@ -189,19 +189,27 @@ def test_cpu_fast_path_equals_tile_path_many_pairs(dtype):
 
 
 @pytest.mark.parametrize("op", ["pairs", "points"])
-@pytest.mark.parametrize("mode, shuffle", [("adjacent", False), ("all", True)])
-def test_large_batch_blocked_gram(op, mode, shuffle):
-    """B >= 512: the CPU multiplies only the upper block triangle of X Xᵀ (uneven blocks: B = 514) and
-    mirrors the rest, except for the pair search over ascending pairs (the sorted adjacent layout), which
-    reads the upper triangle only; shuffled pairs take the mirror. Values, argmins and gradients against
-    the reference."""
-    X, labels = make_batch(257, 2, 16, shuffle=shuffle)
+@pytest.mark.parametrize("mode, shuffle, classes", [("adjacent", False, 257), ("adjacent", False, 264), ("all", True, 257)])
+def test_large_batch_blocked_gram(op, mode, shuffle, classes):
+    """B >= 512: the CPU multiplies only the upper block triangle of X Xᵀ (64-row panels; B = 514 leaves
+    an uneven one) and mirrors the rest, except for the pair search over ascending pairs (the sorted
+    adjacent layout), which reads the upper triangle only; shuffled pairs take the mirror. The adjacent
+    layout reads full lane blocks (P = 264) with vector loads, a partial last block (P = 257) element by
+    element. Values, argmins and gradients against the reference, and the row path bit-identical to the
+    tile path in float32 and float64."""
+    X, labels = make_batch(classes, 2, 16, shuffle=shuffle)
     pairs = ee_cuda.positive_pairs(labels, mode)
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
     ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
     check = check_pairs_output if op == "pairs" else check_points_output
     dist, index = fused(X, pairs, labels, 1, True, **FUSED)
     check(X, pairs, labels, 1, True, dist, index, 1e-9)
+    for dtype in (torch.float64, torch.float32):
+        Xd = X.to(dtype)
+        d, i = fused(Xd, pairs, labels, 3, True, **FUSED)
+        d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(Xd, pairs, labels, 3, True, op == "points")
+        assert torch.equal(d, d_t)
+        assert torch.equal(i, i_t)
     _, g, w = grads(lambda x: fused(x, pairs, labels, 1, True, **FUSED), X)
     _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, 1, True), X, weight=w)
     torch.testing.assert_close(g, g_ref, atol=1e-8, rtol=1e-8)

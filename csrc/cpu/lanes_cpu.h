@@ -50,4 +50,16 @@ EE_LANES_INLINE void store_lanes(E* p, const T& v) {
   std::memcpy(p, &v, sizeof(T));
 }
 
+// (even, odd) = the even and the odd elements of the 2V consecutive elements (lo, hi).
+template <typename T>
+EE_LANES_INLINE void deinterleave_lanes(const T& lo, const T& hi, T& even, T& odd) {
+  if constexpr (sizeof(lo[0]) == 4) {
+    even = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
+    odd = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
+  } else {
+    even = __builtin_shufflevector(lo, hi, 0, 2, 4, 6);
+    odd = __builtin_shufflevector(lo, hi, 1, 3, 5, 7);
+  }
+}
+
 }  // namespace ee

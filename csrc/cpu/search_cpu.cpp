@@ -71,23 +71,22 @@ void run_point_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* ind
   });
 }
 
-// G = X X^T. G is symmetric, so for large B only the blocks on and above the diagonal are multiplied (BLAS
-// writes them into G's storage: 36 of 64 block products at B = 1024) and `lower_missing` is set: the lower
-// triangle is then filled by mirror_upper(), which also makes G exactly symmetric, unless the search reads
-// the upper one only. Blocks of 128 rows measured faster than 256 (B = 1024, D = 512).
+// G = X X^T. G is symmetric, so for large B only the block rows on and right of the diagonal are multiplied,
+// one BLAS call per panel of 64 rows (G[i0:i0+64, i0:] = X[i0:i0+64] X[i0:]^T, written into G's storage:
+// 53% of the full product at B = 1024), and `lower_missing` is set: the lower triangle is then filled by
+// mirror_upper(), which also makes G exactly symmetric, unless the search reads the upper one only.
+// Measured at B = 1024, D = 512: panels of 64 rows 10% faster than 36 square blocks of 128 (fewer, longer
+// BLAS calls: less packing), and than panels of 32, 128 or 256 rows.
 Tensor gram_upper_cpu(const Tensor& X, bool& lower_missing) {
-  constexpr int64_t kBlockRows = 128, kMinRows = 512;
+  constexpr int64_t kPanelRows = 64, kMinRows = 512;
   const int64_t B = X.size(0);
   lower_missing = B >= kMinRows;
   if (!lower_missing) return at::mm(X, X.t());
   Tensor G = at::empty({B, B}, X.options());
-  for (int64_t i0 = 0; i0 < B; i0 += kBlockRows) {
-    const int64_t ni = std::min(kBlockRows, B - i0);
-    for (int64_t j0 = i0; j0 < B; j0 += kBlockRows) {
-      const int64_t nj = std::min(kBlockRows, B - j0);
-      Tensor block = G.narrow(0, i0, ni).narrow(1, j0, nj);
-      at::mm_out(block, X.narrow(0, i0, ni), X.narrow(0, j0, nj).t());
-    }
+  for (int64_t i0 = 0; i0 < B; i0 += kPanelRows) {
+    const int64_t rows = std::min(kPanelRows, B - i0);
+    Tensor panel = G.narrow(0, i0, rows).narrow(1, i0, B - i0);
+    at::mm_out(panel, X.narrow(0, i0, rows), X.narrow(0, i0, B - i0).t());
   }
   return G;
 }

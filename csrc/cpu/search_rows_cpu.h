@@ -7,6 +7,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -26,11 +27,16 @@ struct PairBlocks {
   int64_t P, T, blocks;
   std::vector<acc_t> alpha, beta, sqnorm;  // [block][r][lane]
   std::vector<int64_t> k, l, label;        // [block * V + lane]: endpoints and label of pair q
+  // Every pair q is (2q, 2q+1), the official sampler's layout: a full block's endpoints are 2V consecutive
+  // columns of a Gram row, read with two vector loads instead of 2V scalar ones.
+  bool adjacent;
 
   explicit PairBlocks(const SearchArgs<acc_t>& a)
       : P(a.P), T(a.T), blocks((a.P + V - 1) / V), alpha(blocks * T * V, acc_t(0)), beta(alpha.size(), acc_t(0)),
-        sqnorm(alpha.size(), acc_t(INFINITY)), k(blocks * V, 0), l(k.size(), 0), label(k.size(), 0) {
+        sqnorm(alpha.size(), acc_t(INFINITY)), k(blocks * V, 0), l(k.size(), 0), label(k.size(), 0),
+        adjacent(true) {
     for (int64_t q = 0; q < P; ++q) {
+      adjacent &= a.pairs[2 * q] == 2 * q && a.pairs[2 * q + 1] == 2 * q + 1;
       const int64_t lane = (q / V) * V * T + q % V;
       for (int64_t r = 0; r < T; ++r) {
         const PointCoef<acc_t> c = a.coef[q * T + r];
@@ -79,14 +85,22 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
     if constexpr (kUpperOnly) return c < a ? row.gram[c * row.B + a] : g_row[c];
     return g_row[c];
   };
-  for (int e = 0; e < W; ++e) {
-    const int64_t k = pb.k[b * W + e], l = pb.l[b * W + e];
-    g_ik[e] = entry(gi, row.i, k);
-    g_il[e] = entry(gi, row.i, l);
-    g_jk[e] = entry(gj, row.j, k);
-    g_jl[e] = entry(gj, row.j, l);
-    same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
+  // The adjacent layout's fast read needs a full block and, reading the upper triangle, columns 2bW.. right
+  // of both rows i and j.
+  const bool contiguous = pb.adjacent && (b + 1) * W <= pb.P && (!kUpperOnly || 2 * b * W > std::max(row.i, row.j));
+  if (contiguous) {
+    deinterleave_lanes(load_lanes<V>(gi + 2 * b * W), load_lanes<V>(gi + 2 * b * W + W), g_ik, g_il);
+    deinterleave_lanes(load_lanes<V>(gj + 2 * b * W), load_lanes<V>(gj + 2 * b * W + W), g_jk, g_jl);
+  } else {
+    for (int e = 0; e < W; ++e) {
+      const int64_t k = pb.k[b * W + e], l = pb.l[b * W + e];
+      g_ik[e] = entry(gi, row.i, k);
+      g_il[e] = entry(gi, row.i, l);
+      g_jk[e] = entry(gj, row.j, k);
+      g_jl[e] = entry(gj, row.j, l);
+    }
   }
+  for (int e = 0; e < W; ++e) same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
   const int64_t off = b * pb.T * W;
   for (int64_t r = 0; r < pb.T; ++r) {
     const V al = load_lanes<V>(pb.alpha.data() + off + r * W), be = load_lanes<V>(pb.beta.data() + off + r * W);
