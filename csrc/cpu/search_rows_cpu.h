@@ -143,10 +143,33 @@ struct KeySplit {
       r -= T;
     }
   }
-  EE_LANES_INLINE int64_t transposed(int64_t k) const {
-    int64_t t, r;
-    split(k, t, r);
-    return r * T + t;
+  // split() on every lane of a key vector, -1 (no candidate) giving (-1, -1). The int32 keys of float lanes
+  // go through a float reciprocal, exact enough for the one correction while keys stay below 2^24.
+  template <typename K>
+  EE_LANES_INLINE void split_lanes(const K& k, K& t, K& r) const {
+    using key_t = std::remove_cv_t<std::remove_reference_t<decltype(k[0])>>;
+    constexpr int W = sizeof(K) / sizeof(key_t);
+    if constexpr (sizeof(key_t) == 4) {
+      if (T * T <= (int64_t(1) << 24)) {
+        typedef float F __attribute__((vector_size(sizeof(K))));
+        const key_t T32 = key_t(T);
+        t = __builtin_convertvector(__builtin_convertvector(k, F) * float(inv_T), K);
+        r = k - t * T32;
+        const K low = r < 0, high = r >= T32;  // masks: -1 where set
+        t = t + low - high;
+        r = r + (low & T32) - (high & T32);
+        const K none = k < 0;
+        t = none ? K{} - 1 : t;
+        r = none ? K{} - 1 : r;
+        return;
+      }
+    }
+    for (int e = 0; e < W; ++e) {
+      int64_t te = -1, re = -1;
+      if (k[e] >= 0) split(k[e], te, re);
+      t[e] = key_t(te);
+      r[e] = key_t(re);
+    }
   }
 };
 
@@ -203,6 +226,17 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
   }
 }
 
+// What pair_block() gives per lane (pair q): the minimum d2, the output (p, q)'s (t, r) and the output
+// (q, p)'s (r, t) in its own terms (the same point pair unless the minimum is tied); -1 where there is no
+// candidate.
+template <typename acc_t>
+struct BlockResult {
+  using key_t = typename Lanes<acc_t>::key_t;
+  static constexpr int W = Lanes<acc_t>::kWidth;
+  acc_t m[W];
+  key_t t[W], r[W], r_q[W], t_p[W];
+};
+
 // hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers: m is the
 // minimum d2, kpq its smallest key t*T + r (t-major visit, strict <) and kqp its smallest key r*T + t (the
 // output (q, p) in its own terms); kpq = -1 where there is no candidate. The hot loop skips sq_dist()'s
@@ -214,8 +248,7 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
 // share the candidate loads (one chain is bound by its compare-blend latency). `buf` holds 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
-                                     const KeySplit& keys, acc_t* out_m, typename Lanes<acc_t>::key_t* out_kpq,
-                                     typename Lanes<acc_t>::key_t* out_kqp) {
+                                     const KeySplit& keys, BlockResult<acc_t>& out) {
   using L = Lanes<acc_t>;
   using V = typename L::V;
   using K = typename L::K;
@@ -252,15 +285,17 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
   const K kpq = lt ? odd.first : (gt ? even.first : (odd.first < even.first ? odd.first : even.first));
   const K tied = lt ? (odd.first != odd.last) : (gt ? (even.first != even.last) : (K{} - 1));
   const K rescan = (kpq >= 0) & (tied | (m <= acc_t(0)));
+  K t_pq, r_pq;
+  keys.split_lanes(kpq, t_pq, r_pq);
+  store_lanes(out.m, m);
+  store_lanes(out.t, t_pq);
+  store_lanes(out.r, r_pq);
+  store_lanes(out.r_q, r_pq);
+  store_lanes(out.t_p, t_pq);
   key_t rescan_lanes[W];
-  store_lanes(out_m, m);
-  store_lanes(out_kpq, kpq);
   store_lanes(rescan_lanes, rescan);
   for (int e = 0; e < W; ++e) {
-    if (!rescan_lanes[e]) {
-      out_kqp[e] = out_kpq[e] < 0 ? key_t(-1) : key_t(keys.transposed(out_kpq[e]));
-      continue;
-    }
+    if (!rescan_lanes[e]) continue;
     // sq_dist() on this lane: the clamped minimum, its first minimizer in t-major order, then in r-major.
     auto d2 = [&](int64_t t, int64_t r) {
       const PointCoef<acc_t> at = row.coef[t];
@@ -274,14 +309,16 @@ EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<
         const acc_t v = d2(t, r);
         if (v < best) {
           best = v;
-          out_kpq[e] = key_t(t * T + r);
+          out.t[e] = key_t(t);
+          out.r[e] = key_t(r);
         }
       }
-    out_m[e] = best;
+    out.m[e] = best;
     for (int64_t r = 0, found = 0; r < T && !found; ++r)
       for (int64_t t = 0; t < T; ++t)
         if (d2(t, r) == best) {
-          out_kqp[e] = key_t(r * T + t);
+          out.r_q[e] = key_t(r);
+          out.t_p[e] = key_t(t);
           found = 1;
           break;
         }
@@ -297,12 +334,12 @@ EE_VECTOR_CLONES inline void point_row(const PairBlocks<double>& pb, const RowAr
   point_row_impl(pb, row, buf, m, k);
 }
 EE_VECTOR_CLONES inline void pair_block(const PairBlocks<float>& pb, const RowArgs<float>& row, int64_t b, float* buf,
-                                        const KeySplit& keys, float* m, int32_t* kpq, int32_t* kqp) {
-  pair_block_impl(pb, row, b, buf, keys, m, kpq, kqp);
+                                        const KeySplit& keys, BlockResult<float>& out) {
+  pair_block_impl(pb, row, b, buf, keys, out);
 }
 EE_VECTOR_CLONES inline void pair_block(const PairBlocks<double>& pb, const RowArgs<double>& row, int64_t b,
-                                        double* buf, const KeySplit& keys, double* m, int64_t* kpq, int64_t* kqp) {
-  pair_block_impl(pb, row, b, buf, keys, m, kpq, kqp);
+                                        double* buf, const KeySplit& keys, BlockResult<double>& out) {
+  pair_block_impl(pb, row, b, buf, keys, out);
 }
 
 // Whether the row path's keys fit its lanes' integers (int32 for float): q*T + r for points, T*T for pairs.
@@ -349,36 +386,33 @@ void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) 
 // pairs (k, P-1-k), so that each gets as much of the triangle. `upper_only`: see RowArgs.
 template <typename acc_t, typename scalar_t>
 void pair_rows_cpu(const SearchArgs<acc_t>& a, bool upper_only, scalar_t* dist, int64_t* index) {
-  using key_t = typename Lanes<acc_t>::key_t;
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = a.T, P = a.P;
   const PairBlocks<acc_t> pb(a);
   const KeySplit keys(T);
   at::parallel_for(0, (P + 1) / 2, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(3 * T * W);
-    acc_t m[W];
-    key_t kpq[W], kqp[W];
+    BlockResult<acc_t> res;
+    scalar_t d[W];
     auto row = [&](int64_t p) {
       const RowArgs<acc_t> ra = row_args(a, p, upper_only);
       for (int64_t b = p / W; b < pb.blocks; ++b) {
-        pair_block(pb, ra, b, buf.data(), keys, m, kpq, kqp);
-        for (int e = 0; e < W; ++e) {
-          const int64_t q = b * W + e;
-          if (q < p || q >= P) continue;
-          const int64_t pq = p * P + q, qp = q * P + p;
-          const bool found = kpq[e] >= 0;
-          const scalar_t d = scalar_t(found ? std::sqrt(m[e]) : acc_t(INFINITY));
-          dist[pq] = d;
-          dist[qp] = d;
-          int64_t t = -1, r = -1, r_q = -1, t_p = -1;  // (q, p) in its own terms: (r of q, t of p)
-          if (found) {
-            keys.split(kpq[e], t, r);
-            keys.split(kqp[e], r_q, t_p);
-          }
-          index[2 * pq] = t;
-          index[2 * pq + 1] = r;
-          index[2 * qp] = r_q;
-          index[2 * qp + 1] = t_p;
+        pair_block(pb, ra, b, buf.data(), keys, res);
+        const int64_t q0 = b * W, e0 = std::max<int64_t>(0, p - q0), e1 = std::min<int64_t>(W, P - q0);
+        // Row p (contiguous; the compiler vectorizes it), then column p.
+        for (int e = 0; e < W; ++e) d[e] = scalar_t(res.t[e] >= 0 ? std::sqrt(res.m[e]) : acc_t(INFINITY));
+        scalar_t* d_row = dist + p * P + q0;
+        int64_t* i_row = index + 2 * (p * P + q0);
+        for (int64_t e = e0; e < e1; ++e) {
+          d_row[e] = d[e];
+          i_row[2 * e] = res.t[e];
+          i_row[2 * e + 1] = res.r[e];
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t qp = (q0 + e) * P + p;
+          dist[qp] = d[e];
+          index[2 * qp] = res.r_q[e];
+          index[2 * qp + 1] = res.t_p[e];
         }
       }
     };
