@@ -40,13 +40,42 @@ EE_LANES_INLINE acc_t sum_of_squares(int64_t D, const F& f) {
   return s;
 }
 
-// ||u||^2 of u = ((n+1-t) x_i + t x_j) / (n+1). The sum (n+1-t) x_i + t x_j is rounded as interpolate()
-// rounds it (two products, then their sum, no FMA), so u is exactly 0 exactly where the reference's is; the
-// division is a multiplication by 1/(n+1), which keeps that and vectorizes.
-template <typename acc_t>
-EE_LANES_INLINE acc_t synthetic_sqnorm(const acc_t* xi, const acc_t* xj, int64_t D, int64_t t, int64_t n) {
-  const acc_t a = acc_t(n + 1 - t), b = acc_t(t), inv = acc_t(1) / acc_t(n + 1);
-  return sum_of_squares<acc_t>(D, [&](int64_t d) { return (a * xi[d] + b * xj[d]) * inv; });
+// emit(t, ||u_t||^2) for u_t = ((n+1-t) x_i + t x_j) / (n+1), t = 1..n. Each element of u_t is
+// rounded as interpolate() rounds it (two products, then their sum, no FMA), so u_t is exactly 0 exactly
+// where the reference's is; the division is a multiplication by 1/(n+1), which keeps that and vectorizes.
+// One pass over D serves kPoints points at a time (x_i and x_j are read once for all of them), each summed in
+// the lanes of one vector, then across its lanes in order.
+template <typename acc_t, typename Emit>
+EE_LANES_INLINE void synthetic_sqnorms(const acc_t* xi, const acc_t* xj, int64_t D, int64_t n, Emit&& emit) {
+  using V = typename Lanes<acc_t>::V;
+  constexpr int W = Lanes<acc_t>::kWidth, kPoints = 8;
+  const acc_t inv = acc_t(1) / acc_t(n + 1);
+  for (int64_t t0 = 1; t0 <= n; t0 += kPoints) {
+    acc_t a[kPoints], b[kPoints];  // points past n get weights 0: u = 0, nothing added
+    for (int c = 0; c < kPoints; ++c) {
+      const int64_t t = t0 + c;
+      a[c] = t <= n ? acc_t(n + 1 - t) : acc_t(0);
+      b[c] = t <= n ? acc_t(t) : acc_t(0);
+    }
+    V acc[kPoints] = {};
+    int64_t d = 0;
+    for (; d + W <= D; d += W) {
+      const V vi = load_lanes<V>(xi + d), vj = load_lanes<V>(xj + d);
+      for (int c = 0; c < kPoints; ++c) {
+        const V u = (a[c] * vi + b[c] * vj) * inv;
+        acc[c] += u * u;
+      }
+    }
+    for (int c = 0; c < kPoints && t0 + c <= n; ++c) {
+      acc_t sum = 0;
+      for (int e = 0; e < W; ++e) sum += acc[c][e];
+      for (int64_t k = d; k < D; ++k) {
+        const acc_t u = (a[c] * xi[k] + b[c] * xj[k]) * inv;
+        sum += u * u;
+      }
+      emit(t0 + c, sum);
+    }
+  }
 }
 
 // The T points of the pair (x_i, x_j).
@@ -57,8 +86,9 @@ EE_LANES_INLINE void pair_coefs_impl(const acc_t* xi, const acc_t* xj, int64_t D
   const acc_t sj = sum_of_squares<acc_t>(D, [&](int64_t d) { return xj[d]; });
   out[0] = point_coef<acc_t>(0, n, normalize, acc_t(-1), si);
   out[n + 1] = point_coef<acc_t>(n + 1, n, normalize, acc_t(-1), sj);
-  for (int64_t t = 1; t <= n; ++t)
-    out[t] = point_coef<acc_t>(t, n, normalize, std::sqrt(synthetic_sqnorm(xi, xj, D, t, n)), acc_t(0));
+  synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
+    out[t] = point_coef<acc_t>(t, n, normalize, std::sqrt(sq), acc_t(0));
+  });
 }
 
 EE_VECTOR_CLONES inline void pair_coefs(const float* xi, const float* xj, int64_t D, int64_t n, bool normalize,

@@ -43,11 +43,11 @@ Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normal
       for (int64_t p = begin; p < end; ++p) {
         const acc_t* xi = x + pr[2 * p] * D;
         const acc_t* xj = x + pr[2 * p + 1] * D;
-        for (int64_t t = 1; t <= n; ++t) {
-          const acc_t den = denominator(std::sqrt(synthetic_sqnorm(xi, xj, D, t, n)), normalize);
+        synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
+          const acc_t den = denominator(std::sqrt(sq), normalize);
           scalar_t* yt = y + (p * n + t - 1) * D;
           for (int64_t d = 0; d < D; ++d) yt[d] = scalar_t(interpolate(xi[d], xj[d], t, n) / den);
-        }
+        });
       }
     });
   });
@@ -76,14 +76,14 @@ Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& 
       for (int64_t p = begin; p < end; ++p) {
         const acc_t* xi = x + pr[2 * p] * D;
         const acc_t* xj = x + pr[2 * p + 1] * D;
-        for (int64_t t = 1; t <= n; ++t) {
-          const acc_t un = std::sqrt(synthetic_sqnorm(xi, xj, D, t, n));
+        synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
+          const acc_t un = std::sqrt(sq);
           const acc_t* gt = g + (p * n + t - 1) * D;
           acc_t dot = 0;
           for (int64_t d = 0; d < D; ++d) dot += interpolate(xi[d], xj[d], t, n) * gt[d];
           unorm[p * n + t - 1] = un;
           s[p * n + t - 1] = un > acc_t(0) ? dot / un : acc_t(0);
-        }
+        });
       }
     });
     // Pass 2: grad_u = (g - a s) / ||u|| (or g / eps below eps, or g unnormalized), into both endpoints.
