@@ -72,6 +72,8 @@ RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p, bool upper_only) 
 // and 2 <a(q,r), x_j> (doubled_dot() of the Gram entries) and nb = ||a(q,r)||^2, or +inf where q has p's
 // label. kUpperOnly: the Gram's lower triangle is not filled in (RowArgs::upper_only), a compile-time choice
 // because the gathers are a good part of a block's work when T is small.
+constexpr int64_t kPrefetchBlocks = 2;
+
 template <bool kUpperOnly, typename acc_t>
 EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf) {
   using L = Lanes<acc_t>;
@@ -89,6 +91,9 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   // of both rows i and j.
   const bool contiguous = pb.adjacent && (b + 1) * W <= pb.P && (!kUpperOnly || 2 * b * W > std::max(row.i, row.j));
   if (contiguous) {
+    // A row's blocks come one after another, far apart in time: prefetch the Gram entries of a later one.
+    __builtin_prefetch(gi + 2 * (b + kPrefetchBlocks) * W);
+    __builtin_prefetch(gj + 2 * (b + kPrefetchBlocks) * W);
     deinterleave_lanes(load_lanes<V>(gi + 2 * b * W), load_lanes<V>(gi + 2 * b * W + W), g_ik, g_il);
     deinterleave_lanes(load_lanes<V>(gj + 2 * b * W), load_lanes<V>(gj + 2 * b * W + W), g_jk, g_jl);
   } else {
