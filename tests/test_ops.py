@@ -172,6 +172,22 @@ def test_cpu_fast_path_equals_tile_path_with_ties(dtype):
                 assert torch.equal(i, i_t)
 
 
+@pytest.mark.parametrize("n", [4094, 4095])
+def test_cpu_fast_path_key_split_at_float_limit(n):
+    """The row path splits its float lanes' keys t*T + r through a float reciprocal while T*T <= 2^24
+    (n = 4094: T*T = 2^24, keys up to 2^24 - 1), and element by element above (n = 4095): argmins equal the
+    tile path's on both sides of the limit, pairs (one lane block) and points."""
+    X, labels = make_batch(3, 2, 3, dtype=torch.float32)
+    pairs = ee_cuda.positive_pairs(labels, "adjacent")
+    for points, op in [(False, ee_cuda.hard_negative_pairs), (True, ee_cuda.hard_negative_points)]:
+        d, i = op(X, pairs, labels, n, **FUSED)
+        d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, True, points)
+        assert torch.equal(d, d_t)
+        assert torch.equal(i, i_t)
+        found = torch.isfinite(d)  # every pair has negatives; only a pair against itself has none
+        assert found.sum() == (d.numel() - len(pairs) if not points else d.numel()) and (i[found] >= 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_fast_path_equals_tile_path_many_pairs(dtype):
     """Random inputs with more pairs than one lane block and one L1 chunk of the row path (8 or 4 lanes,
