@@ -315,6 +315,7 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
 // listed; the own entries are summed per point, then per pair (three entries each), and listed last. The
 // list is flushed every kFlushEntries entries (bounded memory): mirrored into the rows of S = dG + dG^T,
 // merged per (row, column), and each row of dX adds the rows of X its entries name (rows owned by tasks).
+// 512 entries hold 28 KiB of scratch; at W1 (B = 128) the op's whole budget is about 0.5 MiB.
 Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                          const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
@@ -334,7 +335,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
       int64_t row, col;
       acc_t v;
     };
-    constexpr size_t kFlushEntries = 2048;
+    constexpr size_t kFlushEntries = 512;
     std::vector<Entry> entries;
     entries.reserve(kFlushEntries);
     std::vector<int64_t> offsets(B + 1), fill(B);
