@@ -72,8 +72,6 @@ RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p, bool upper_only) 
 // and 2 <a(q,r), x_j> (doubled_dot() of the Gram entries) and nb = ||a(q,r)||^2, or +inf where q has p's
 // label. kUpperOnly: the Gram's lower triangle is not filled in (RowArgs::upper_only), a compile-time choice
 // because the gathers are a good part of a block's work when T is small.
-constexpr int64_t kPrefetchBlocks = 2;
-
 template <bool kUpperOnly, typename acc_t>
 EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf) {
   using L = Lanes<acc_t>;
@@ -92,6 +90,7 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   const bool contiguous = pb.adjacent && (b + 1) * W <= pb.P && (!kUpperOnly || 2 * b * W > std::max(row.i, row.j));
   if (contiguous) {
     // A row's blocks come one after another, far apart in time: prefetch the Gram entries of a later one.
+    constexpr int64_t kPrefetchBlocks = 2;
     __builtin_prefetch(gi + 2 * (b + kPrefetchBlocks) * W);
     __builtin_prefetch(gj + 2 * (b + kPrefetchBlocks) * W);
     deinterleave_lanes(load_lanes<V>(gi + 2 * b * W), load_lanes<V>(gi + 2 * b * W + W), g_ik, g_il);
@@ -242,14 +241,14 @@ struct BlockResult {
   key_t t[W], r[W], r_q[W], t_p[W];
 };
 
-// hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers: m is the
-// minimum d2, kpq its smallest key t*T + r (t-major visit, strict <) and kqp its smallest key r*T + t (the
-// output (q, p) in its own terms); kpq = -1 where there is no candidate. The hot loop skips sq_dist()'s
-// clamp at 0 and keeps, besides the first key attaining the running minimum, the last one: where they
-// differ at the end the minimum was attained more than once. A lane with a unique, positive minimum has its
-// result (clamping changes nothing above 0, and the unique minimizer gives both keys); the others (ties,
-// and minima <= 0, which the clamp turns into ties at 0: rare, but every duplicate point makes one) are
-// rescanned in scalar code with sq_dist()'s arithmetic. Even and odd t run as two independent chains that
+// hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers, into out
+// (BlockResult): the minimum d2, its smallest key t*T + r (t-major visit, strict <) split into (t, r), and
+// for the output (q, p) its smallest key r*T + t in its own terms, split into (r, t). The hot loop skips
+// sq_dist()'s clamp at 0 and keeps, besides the first key attaining the running minimum, the last one:
+// where they differ at the end the minimum was attained more than once. A lane with a unique, positive
+// minimum has its result (clamping changes nothing above 0, and the unique minimizer gives both keys); the
+// others (ties, and minima <= 0, which the clamp turns into ties at 0: rare, but every duplicate point makes
+// one) are rescanned in scalar code with sq_dist()'s arithmetic. Even and odd t run as two independent chains that
 // share the candidate loads (one chain is bound by its compare-blend latency). `buf` holds 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
