@@ -247,6 +247,55 @@ def test_pairs_backward_with_unpaired_rows(normalize):
             assert torch.all(g[2 * P:] == 0)
 
 
+def pairs_route_cases(dtype):
+    """Inputs whose hard_negative_pairs backward takes the CPU's route through the selected points
+    (2 P^2 <= B^2): adjacent pairs over several chunks of gradient points with D off the 128-byte column
+    blocks, and classes of 3 ("all" pairs share rows) among unpaired rows."""
+    X, labels = make_batch(100, 4, 37, dtype=dtype)
+    yield X, ee_cuda.positive_pairs(labels, "adjacent"), labels, 2, True
+    X, labels = make_batch(24, 2, 70, dtype=dtype, normalize_rows=False)
+    yield X, ee_cuda.positive_pairs(labels, "adjacent"), labels, 8, False
+    X, labels = make_batch(10, 3, 9, dtype=dtype, shuffle=True)
+    pairs = ee_cuda.positive_pairs(labels, "all")
+    extra = torch.nn.functional.normalize(torch.randn(16, 9, dtype=torch.float64), dim=1).to(dtype)
+    yield torch.cat([X, extra]), pairs, torch.cat([labels, torch.arange(10, 26)]), 1, True
+
+
+def mismatch_transposes(dist, index, T, fraction=0.3):
+    """A caller's own (dist, index): a random part of the outputs select another point pair and have another
+    distance, so that (q, p) no longer mirrors (p, q)."""
+    dist, index = dist.clone(), index.clone()
+    P = dist.shape[0]
+    change = (torch.rand(P, P) < fraction) & torch.isfinite(dist)
+    index[change] = torch.randint(0, T, (int(change.sum()), 2))
+    dist[change] = dist[change] * (1 + torch.rand(int(change.sum()), dtype=dist.dtype))
+    return dist, index
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_pairs_backward_routes_agree(dtype, mirrored):
+    """On the CPU, hard_negative_pairs' backward goes through the selected points in D-space when
+    2 P^2 <= B^2, else through dG and one B x B x D product. Both take the same outputs: the first must
+    equal the dG route (the CUDA backward's scatter, run serially) on the forward's outputs, whose (q, p)
+    mirrors (p, q) (one term per q), and on outputs that do not (each taken on its own)."""
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype]
+    for X, pairs, labels, n, normalize in pairs_route_cases(dtype):
+        assert 2 * pairs.shape[0] ** 2 <= X.shape[0] ** 2
+        dist, index = ee_cuda.hard_negative_pairs(X, pairs, labels, n, normalize, **FUSED)
+        if not mirrored:
+            dist, index = mismatch_transposes(dist, index, n + 2)
+        w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
+        w[torch.rand_like(w) < 0.1] = 0
+        g = torch.ops.ee_cuda.hard_negative_pairs_backward(w, X, pairs, dist, index, n, normalize)
+        g_dG = torch.ops.ee_cuda.scatter_backward_emulated(w, X, pairs, dist, index, n, normalize, False)
+        scale = g_dG.abs().max()
+        torch.testing.assert_close(g, g_dG, atol=tol * scale, rtol=tol)
+        paired = torch.zeros(X.shape[0], dtype=torch.bool)
+        paired[pairs.flatten()] = True
+        assert torch.all(g[~paired] == 0) and g[paired].abs().sum() > 0
+
+
 @pytest.mark.parametrize("op", ["pairs", "points"])
 def test_cuda_backward_scatter_emulated_on_cpu(op):
     """The CUDA backward adds every output's dG terms atomically; its per-output function, run serially on

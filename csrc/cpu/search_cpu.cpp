@@ -19,6 +19,8 @@
 #include "../common/checks.h"
 #include "../common/search_tiles.h"
 #include "coef_table_cpu.h"
+#include "gradient_points_cpu.h"
+#include "pair_terms_cpu.h"
 #include "row_sums_cpu.h"
 #include "search_rows_cpu.h"
 #include "symmetric_cpu.h"
@@ -235,79 +237,202 @@ PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B) {
   return pc;
 }
 
-// The own entries of every pair q = (k, l), given per point the sum of its own entries' factors (own[q*T + r]):
-// emit(k, k, .), emit(k, l, .), emit(l, l, .) with the sums over r of factor times the point's weights.
-template <typename acc_t, typename Emit>
-void own_entries(const std::vector<acc_t>& own, const int64_t* pairs, int64_t P, int64_t n, Emit&& emit) {
-  const int64_t T = n + 2;
-  for (int64_t q = 0; q < P; ++q) {
-    acc_t kk = 0, kl = 0, ll = 0;
-    for (int64_t r = 0; r < T; ++r) {
+// The own entries of a pair (k, l), given per point the sum of its own entries' factors (own[r], r < T): the
+// sums over r of factor times the point's weights, at (k, k), (k, l) and (l, l) of dG.
+template <typename acc_t>
+struct OwnEntries {
+  acc_t kk = 0, kl = 0, ll = 0;
+
+  OwnEntries(const acc_t* own, int64_t n) {
+    for (int64_t r = 0; r < n + 2; ++r) {
       acc_t ii, ij, jj;
       own_weights<acc_t>(r, n, ii, ij, jj);
-      kk += own[q * T + r] * ii;
-      kl += own[q * T + r] * ij;
-      ll += own[q * T + r] * jj;
+      kk += own[r] * ii;
+      kl += own[r] * ij;
+      ll += own[r] * jj;
     }
-    emit(pairs[2 * q], pairs[2 * q], kk);
-    emit(pairs[2 * q], pairs[2 * q + 1], kl);
-    emit(pairs[2 * q + 1], pairs[2 * q + 1], ll);
+  }
+};
+
+// The own entries of every pair, own[q*T + r] holding point r of pair q's sum.
+template <typename acc_t, typename Emit>
+void own_entries(const std::vector<acc_t>& own, const int64_t* pairs, int64_t P, int64_t n, Emit&& emit) {
+  for (int64_t q = 0; q < P; ++q) {
+    const OwnEntries<acc_t> e(own.data() + q * (n + 2), n);
+    emit(pairs[2 * q], pairs[2 * q], e.kk);
+    emit(pairs[2 * q], pairs[2 * q + 1], e.kl);
+    emit(pairs[2 * q + 1], pairs[2 * q + 1], e.ll);
   }
 }
 
-// hard_negative_pairs has P x P outputs: their dG terms are gathered into a dense dG, then
+// hard_negative_pairs' backward through dG: every output's dG terms are gathered into a dense dG, then
 // dX = (dG + dG^T) X, one B x B x D product. Each output (p, q) is computed once, by the task of p's
 // component: its cross entries have their row in p's pair, owned by the task, and go straight into dG; the
 // own entries of its two points are summed per point (each point's three own entries are its sum times
 // fixed weights) in the task's (P, T) accumulator, and all of them reach dG at the end.
+template <typename acc_t>
+Tensor pairs_backward_through_gram(const BackwardArrays<acc_t>& arr, const std::vector<PointGradCoef<acc_t>>& gc,
+                                   const Tensor& X, int64_t P, int64_t n) {
+  const int64_t B = X.size(0), T = n + 2;
+  Tensor dG = at::zeros({B, B}, X.options());
+  const int64_t *pr = arr.pairs, *idx = arr.index;
+  const acc_t *g = arr.grad, *d = arr.dist;
+  acc_t* out = dG.data_ptr<acc_t>();
+  auto add = [out, B](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; };
+  const PairComponents pc = pair_components(pr, P, B);
+  const int64_t components = int64_t(pc.offsets.size()) - 1;
+  std::vector<acc_t> own_total(P * T, acc_t(0));  // per point: the sum of its own entries' factors
+  std::mutex own_mutex;
+  constexpr int64_t kPrefetchOutputs = 64;
+  at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> own(P * T, acc_t(0));
+    for (int64_t comp = begin; comp < end; ++comp)
+      for (int64_t e = pc.offsets[comp]; e < pc.offsets[comp + 1]; ++e) {
+        const int64_t p = pc.pair[e], i = pr[2 * p], j = pr[2 * p + 1];
+        const int64_t* idx_p = idx + 2 * p * P;
+        const acc_t *d_p = d + p * P, *g_p = g + p * P;
+        const PointGradCoef<acc_t>* gc_p = gc.data() + p * T;
+        acc_t* own_p = own.data() + p * T;
+        for (int64_t q = 0; q < P; ++q) {
+          // The index row (16 bytes an output) streams in too slowly with the hardware's prefetch alone.
+          if (q % 4 == 0) __builtin_prefetch(idx_p + 2 * (q + kPrefetchOutputs));
+          const int64_t t = idx_p[2 * q], r = idx_p[2 * q + 1];
+          if ((uint64_t(t) >= uint64_t(T)) | (uint64_t(r) >= uint64_t(T))) continue;  // -1: no negative
+          const DistanceGrad<acc_t> gr = distance_grad(gc_p[t], gc[q * T + r], d_p[q], g_p[q]);
+          if (!gr.any) continue;
+          cross_entries(i, j, pr[2 * q], pr[2 * q + 1], gr, add);
+          own_p[t] += gr.own_a;
+          own[q * T + r] += gr.own_b;
+        }
+      }
+    std::lock_guard<std::mutex> lock(own_mutex);
+    for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
+  });
+  own_entries(own_total, pr, P, n, add);
+  symmetrize_in_place(out, B);
+  return at::mm(dG, X);
+}
+
+// hard_negative_pairs' backward through its selected points, in D-space. Output (p, q) selects point a of
+// p = (i, j) and point b of q = (k, l); its cross terms add cross * (aa, ba) times b's gradient point
+// y_b = ab x_k + bb x_l (gradient_points_cpu.h) to rows (i, j) of dX, and cross * (ab, bb) times y_a to rows
+// (k, l). So rows (i, j) receive one gradient point of each q from (p, q) and (q, p), the same point of q
+// unless a tie was resolved differently: about 2 P^2 D multiply-adds over all rows, against the B^2 D of
+// (dG + dG^T) X. The own entries are summed per point, then added in D-space per pair.
+// Pairs q are taken a chunk at a time (bounded memory: their gradient points, about 20 KiB per column
+// block). For each chunk: the terms of every p, from (p, q) along p's row and from (q, p) along q's rows
+// (both sequential reads), merged where they name the same point; then, block by block, the rows of dX,
+// each task owning the rows of its components' pairs. Every output is differentiated twice, once per side.
+template <typename acc_t>
+Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std::vector<PointGradCoef<acc_t>>& gc,
+                                     const Tensor& X, int64_t P, int64_t n) {
+  const int64_t B = X.size(0), D = X.size(1), T = n + 2;
+  constexpr int64_t kW = ColumnBlocks<acc_t>::kWidth;
+  // Pairs per chunk: their points' block within about 20 KiB of L1.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(P, 20480 / (T * kW * int64_t(sizeof(acc_t)))));
+  const int64_t slots = 2 * chunk;  // terms of one p per chunk, at most
+  constexpr int64_t kPrefetchRows = 8;
+  const int64_t *pr = arr.pairs, *idx = arr.index;
+  const acc_t *g = arr.grad, *d = arr.dist, *x = arr.x;
+  const PairComponents pc = pair_components(pr, P, B);
+  const int64_t components = int64_t(pc.offsets.size()) - 1;
+  std::vector<acc_t> own(P * T, acc_t(0));  // per point: the sum of its own entries' factors
+  const ColumnBlocks<acc_t> dx_layout(B, D);
+  std::vector<acc_t> dx_blocks(dx_layout.size(), acc_t(0));
+  std::vector<acc_t> y(ColumnBlocks<acc_t>(chunk * T, D).size());
+  const PointGradColumns<acc_t> columns(gc);
+  std::vector<int32_t> term_point(P * slots);  // per p: the chunk's point of each term, and its weights
+  std::vector<acc_t> term_c0(P * slots), term_c1(P * slots);
+  std::vector<int64_t> term_count(P);
+  std::vector<int64_t> col_sel(2 * P * chunk);  // the chunk's outputs (q, p), per p
+  std::vector<acc_t> col_d(P * chunk), col_g(P * chunk);
+  for (int64_t q0 = 0; q0 < P; q0 += chunk) {
+    const int64_t q1 = std::min(P, q0 + chunk);
+    const ColumnBlocks<acc_t> layout((q1 - q0) * T, D);
+    at::parallel_for(q0 * T, q1 * T, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        const int64_t q = o / T;
+        write_gradient_point(layout, y.data(), o - q0 * T, x + pr[2 * q] * D, x + pr[2 * q + 1] * D, gc[o].alpha,
+                             gc[o].beta, D);
+      }
+    });
+    const int64_t count_q = q1 - q0;
+    at::parallel_for(0, P, 16, [&](int64_t begin, int64_t end) {
+      // Outputs (q, p): the chunk's rows, read along them, stored per p (col_*[p * chunk + s]).
+      for (int64_t q = q0; q < q1; ++q)
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t e = p * chunk + (q - q0);
+          col_sel[2 * e] = idx[2 * (q * P + p)];
+          col_sel[2 * e + 1] = idx[2 * (q * P + p) + 1];
+          col_d[e] = d[q * P + p];
+          col_g[e] = g[q * P + p];
+        }
+      for (int64_t p = begin; p < end; ++p) {
+        // Row p at column q0: a page from row p - 1's, which the hardware does not prefetch.
+        if (p + kPrefetchRows < end) {
+          const int64_t o = (p + kPrefetchRows) * P + q0;
+          for (int64_t k = 0; k < 2 * count_q; k += 64 / int64_t(sizeof(int64_t))) __builtin_prefetch(idx + 2 * o + k);
+          __builtin_prefetch(d + o);
+          __builtin_prefetch(g + o);
+        }
+        const int64_t o = p * P + q0, e = p * chunk;
+        const ChunkOutputs<acc_t> outputs{idx + 2 * o, col_sel.data() + 2 * e, d + o, g + o, col_d.data() + e,
+                                          col_g.data() + e, count_q};
+        int32_t* tp = term_point.data() + p * slots;
+        acc_t *t0 = term_c0.data() + p * slots, *t1 = term_c1.data() + p * slots;
+        term_count[p] = pair_terms(columns, outputs, p, q0, T, TermSlots<acc_t>{tp, t0, t1}, own.data() + p * T);
+      }
+    });
+    at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
+      const BlockTerms<acc_t> terms{pc.pair.data() + pc.offsets[begin], pr, pc.offsets[end] - pc.offsets[begin],
+                                    term_point.data(), term_c0.data(), term_c1.data(), term_count.data(), slots};
+      for (int64_t b = 0; b < layout.blocks; ++b)
+        add_gradient_points(layout.row(y.data(), b, 0), terms, dx_layout.row(dx_blocks.data(), b, 0));
+    });
+  }
+  Tensor dX_t = at::empty({B, D}, X.options());
+  acc_t* dX = dX_t.data_ptr<acc_t>();
+  at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t b = 0; b < dx_layout.blocks; ++b) {
+        const acc_t* src = dx_layout.row(dx_blocks.data(), b, r);
+        std::copy(src, src + std::min(kW, D - b * kW), dX + r * D + b * kW);
+      }
+  });
+  // The own entries in D-space; a pair's rows belong to its component, one task each.
+  at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
+      const int64_t p = pc.pair[c], k = pr[2 * p], l = pr[2 * p + 1];
+      const OwnEntries<acc_t> e(own.data() + p * T, n);
+      // S = dG + dG^T holds 2 kk at (k, k), kl at (k, l) and (l, k), 2 ll at (l, l).
+      const int64_t rows[2] = {k, l};
+      const acc_t to_k[2] = {e.kk + e.kk, e.kl}, to_l[2] = {e.kl, e.ll + e.ll};
+      add_weighted_rows(x, D, rows, to_k, 2, dX + k * D);
+      add_weighted_rows(x, D, rows, to_l, 2, dX + l * D);
+    }
+  });
+  return dX_t;
+}
+
+// Whether hard_negative_pairs' backward goes through the selected points: about 2 P^2 D multiply-adds
+// (adjacent pairs: P = B/2, half the product's) against B^2 D through dG.
+bool pairs_backward_through_points_is_cheaper(int64_t P, int64_t B) { return 2 * P * P <= B * B; }
+
 Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                         const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
-  const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
+  const int64_t P = pairs_.size(0), B = X_.size(0);
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, false);
   const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  Tensor dG = at::zeros({B, B}, X.options());
+  Tensor dX;
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
     const std::vector<PointGradCoef<acc_t>> gc = arr.grad_coef(P, n, normalize);
-    const int64_t *pr = arr.pairs, *idx = arr.index;
-    const acc_t *g = arr.grad, *d = arr.dist;
-    acc_t* out = dG.data_ptr<acc_t>();
-    auto add = [out, B](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; };
-    const PairComponents pc = pair_components(pr, P, B);
-    const int64_t components = int64_t(pc.offsets.size()) - 1;
-    std::vector<acc_t> own_total(P * T, acc_t(0));  // per point: the sum of its own entries' factors
-    std::mutex own_mutex;
-    constexpr int64_t kPrefetchOutputs = 64;
-    at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> own(P * T, acc_t(0));
-      for (int64_t comp = begin; comp < end; ++comp)
-        for (int64_t e = pc.offsets[comp]; e < pc.offsets[comp + 1]; ++e) {
-          const int64_t p = pc.pair[e], i = pr[2 * p], j = pr[2 * p + 1];
-          const int64_t* idx_p = idx + 2 * p * P;
-          const acc_t *d_p = d + p * P, *g_p = g + p * P;
-          const PointGradCoef<acc_t>* gc_p = gc.data() + p * T;
-          acc_t* own_p = own.data() + p * T;
-          for (int64_t q = 0; q < P; ++q) {
-            // The index row (16 bytes an output) streams in too slowly with the hardware's prefetch alone.
-            if (q % 4 == 0) __builtin_prefetch(idx_p + 2 * (q + kPrefetchOutputs));
-            const int64_t t = idx_p[2 * q], r = idx_p[2 * q + 1];
-            if ((uint64_t(t) >= uint64_t(T)) | (uint64_t(r) >= uint64_t(T))) continue;  // -1: no negative
-            const DistanceGrad<acc_t> gr = distance_grad(gc_p[t], gc[q * T + r], d_p[q], g_p[q]);
-            if (!gr.any) continue;
-            cross_entries(i, j, pr[2 * q], pr[2 * q + 1], gr, add);
-            own_p[t] += gr.own_a;
-            own[q * T + r] += gr.own_b;
-          }
-        }
-      std::lock_guard<std::mutex> lock(own_mutex);
-      for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
-    });
-    own_entries(own_total, pr, P, n, add);
-    symmetrize_in_place(out, B);
+    dX = pairs_backward_through_points_is_cheaper(P, B) ? pairs_backward_through_points(arr, gc, X, P, n)
+                                                        : pairs_backward_through_gram(arr, gc, X, P, n);
   });
-  return at::mm(dG, X).to(X_.scalar_type());
+  return dX.to(X_.scalar_type());
 }
 
 // hard_negative_points has P x T outputs, few next to B x B: dX = (dG + dG^T) X is summed in D-space from
