@@ -3,10 +3,8 @@
 //
 // The gradient point of point r of pair q = (k, l) is y = alpha x_k + beta x_l with the coefficients of its
 // PointGradCoef. A chunk's points are stored block by block: block b holds columns [b Wb, (b+1) Wb) of every
-// point, Wb = 128 bytes of acc_t, contiguous, zero-padded past D. dX is accumulated in the same blocks
-// (block b holds columns [b Wb, (b+1) Wb) of every row of dX): summing block by block, over all pairs
-// before the next block, keeps the chunk's block (about 20 KiB at n = 8) in L1 while every pair reads it,
-// and walks dX's block sequentially (in row-major dX each row's block would sit in a page of its own).
+// point, Wb = 128 bytes of acc_t, contiguous, zero-padded past D. Summing dX rows block by block, over all
+// pairs before the next block, keeps the chunk's block (about 20 KiB at n = 8) in L1 while every pair reads it.
 #pragma once
 
 #include <algorithm>
@@ -80,13 +78,20 @@ struct BlockTerms {
 // point's four vectors and the two weights fit the sixteen vector registers.
 template <typename acc_t, typename Madd>
 EE_LANES_INLINE void add_gradient_points_impl(const acc_t* block, const BlockTerms<acc_t>& terms, acc_t* dx_block,
-                                              Madd&& madd) {
+                                              int64_t stride, Madd&& madd) {
   constexpr int W = Lanes<acc_t>::kWidth;
+  constexpr int64_t kPrefetchPairs = 4;
   constexpr int64_t kBlock = ColumnBlocks<acc_t>::kWidth;
   for (int64_t e = 0; e < terms.pair_count; ++e) {
     const int64_t p = terms.pair_ids[e], count = terms.count[p];
     if (count == 0) continue;
-    acc_t *y0 = dx_block + terms.pairs[2 * p] * kBlock, *y1 = dx_block + terms.pairs[2 * p + 1] * kBlock;
+    if (e + kPrefetchPairs < terms.pair_count) {  // rows `stride` apart: a page each, not prefetched
+      const int64_t ahead = terms.pair_ids[e + kPrefetchPairs];
+      for (int r = 0; r < 2; ++r)
+        for (int64_t k = 0; k < kBlock; k += 64 / int64_t(sizeof(acc_t)))
+          __builtin_prefetch(dx_block + terms.pairs[2 * ahead + r] * stride + k, 1);
+    }
+    acc_t *y0 = dx_block + terms.pairs[2 * p] * stride, *y1 = dx_block + terms.pairs[2 * p + 1] * stride;
     const int32_t* m = terms.m + p * terms.slots;
     const acc_t *c0 = terms.c0 + p * terms.slots, *c1 = terms.c1 + p * terms.slots;
     auto a0 = madd.load(y0), a1 = madd.load(y0 + W), a2 = madd.load(y0 + 2 * W), a3 = madd.load(y0 + 3 * W);
@@ -126,12 +131,12 @@ struct PlainMadd {
 };
 
 EE_VECTOR_CLONES inline void add_gradient_points_plain(const float* block, const BlockTerms<float>& terms,
-                                                       float* dx_block) {
-  add_gradient_points_impl(block, terms, dx_block, PlainMadd<float>{});
+                                                       float* dx_block, int64_t stride) {
+  add_gradient_points_impl(block, terms, dx_block, stride, PlainMadd<float>{});
 }
 EE_VECTOR_CLONES inline void add_gradient_points_plain(const double* block, const BlockTerms<double>& terms,
-                                                       double* dx_block) {
-  add_gradient_points_impl(block, terms, dx_block, PlainMadd<double>{});
+                                                       double* dx_block, int64_t stride) {
+  add_gradient_points_impl(block, terms, dx_block, stride, PlainMadd<double>{});
 }
 
 #ifdef EE_FMA_KERNELS
@@ -150,19 +155,20 @@ struct FmaMadd {
 };
 
 template <typename acc_t>
-EE_FMA_TARGET void add_gradient_points_fma(const acc_t* block, const BlockTerms<acc_t>& terms, acc_t* dx_block) {
-  add_gradient_points_impl(block, terms, dx_block, FmaMadd{});
+EE_FMA_TARGET void add_gradient_points_fma(const acc_t* block, const BlockTerms<acc_t>& terms, acc_t* dx_block,
+                                           int64_t stride) {
+  add_gradient_points_impl(block, terms, dx_block, stride, FmaMadd{});
 }
 #endif
 
-// dx_block: dX's column block (row r at r * Wb).
+// dx_block: dX's column block (row r at r * stride, Wb columns each).
 template <typename acc_t>
-inline void add_gradient_points(const acc_t* block, const BlockTerms<acc_t>& terms, acc_t* dx_block) {
+inline void add_gradient_points(const acc_t* block, const BlockTerms<acc_t>& terms, acc_t* dx_block, int64_t stride) {
 #ifdef EE_FMA_KERNELS
   static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (fma) return add_gradient_points_fma(block, terms, dx_block);
+  if (fma) return add_gradient_points_fma(block, terms, dx_block, stride);
 #endif
-  add_gradient_points_plain(block, terms, dx_block);
+  add_gradient_points_plain(block, terms, dx_block, stride);
 }
 
 }  // namespace ee

@@ -328,8 +328,12 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
                                      const Tensor& X, int64_t P, int64_t n) {
   const int64_t B = X.size(0), D = X.size(1), T = n + 2;
   constexpr int64_t kW = ColumnBlocks<acc_t>::kWidth;
-  // Pairs per chunk: their points' block within about 20 KiB of L1.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(P, 20480 / (T * kW * int64_t(sizeof(acc_t)))));
+  // Pairs per chunk: their points' block within about 20 KiB of L1, and all their points within the bytes of
+  // the B x B Gram matrix the forward held (at W1, B = 128, its whole budget is about 0.4 MiB).
+  const ColumnBlocks<acc_t> dx_layout(B, D);
+  const int64_t point_bytes = dx_layout.blocks * kW * int64_t(sizeof(acc_t));
+  const int64_t chunk = std::max<int64_t>(
+      1, std::min({P, 20480 / (T * kW * int64_t(sizeof(acc_t))), B * B * int64_t(sizeof(acc_t)) / (T * point_bytes)}));
   const int64_t slots = 2 * chunk;  // terms of one p per chunk, at most
   constexpr int64_t kPrefetchRows = 8;
   const int64_t *pr = arr.pairs, *idx = arr.index;
@@ -337,8 +341,10 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
   const PairComponents pc = pair_components(pr, P, B);
   const int64_t components = int64_t(pc.offsets.size()) - 1;
   std::vector<acc_t> own(P * T, acc_t(0));  // per point: the sum of its own entries' factors
-  const ColumnBlocks<acc_t> dx_layout(B, D);
-  std::vector<acc_t> dx_blocks(dx_layout.size(), acc_t(0));
+  // dX with rows padded to whole column blocks (the kernel adds whole blocks): no copy when D is a multiple.
+  const int64_t stride = dx_layout.blocks * kW;
+  Tensor dX_t = at::zeros({B, stride}, X.options());
+  acc_t* dX = dX_t.data_ptr<acc_t>();
   std::vector<acc_t> y(ColumnBlocks<acc_t>(chunk * T, D).size());
   const PointGradColumns<acc_t> columns(gc);
   std::vector<int32_t> term_point(P * slots);  // per p: the chunk's point of each term, and its weights
@@ -386,19 +392,9 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
     at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
       const BlockTerms<acc_t> terms{pc.pair.data() + pc.offsets[begin], pr, pc.offsets[end] - pc.offsets[begin],
                                     term_point.data(), term_c0.data(), term_c1.data(), term_count.data(), slots};
-      for (int64_t b = 0; b < layout.blocks; ++b)
-        add_gradient_points(layout.row(y.data(), b, 0), terms, dx_layout.row(dx_blocks.data(), b, 0));
+      for (int64_t b = 0; b < layout.blocks; ++b) add_gradient_points(layout.row(y.data(), b, 0), terms, dX + b * kW, stride);
     });
   }
-  Tensor dX_t = at::empty({B, D}, X.options());
-  acc_t* dX = dX_t.data_ptr<acc_t>();
-  at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      for (int64_t b = 0; b < dx_layout.blocks; ++b) {
-        const acc_t* src = dx_layout.row(dx_blocks.data(), b, r);
-        std::copy(src, src + std::min(kW, D - b * kW), dX + r * D + b * kW);
-      }
-  });
   // The own entries in D-space; a pair's rows belong to its component, one task each.
   at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
@@ -407,11 +403,11 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
       // S = dG + dG^T holds 2 kk at (k, k), kl at (k, l) and (l, k), 2 ll at (l, l).
       const int64_t rows[2] = {k, l};
       const acc_t to_k[2] = {e.kk + e.kk, e.kl}, to_l[2] = {e.kl, e.ll + e.ll};
-      add_weighted_rows(x, D, rows, to_k, 2, dX + k * D);
-      add_weighted_rows(x, D, rows, to_l, 2, dX + l * D);
+      add_weighted_rows(x, D, rows, to_k, 2, dX + k * stride);
+      add_weighted_rows(x, D, rows, to_l, 2, dX + l * stride);
     }
   });
-  return dX_t;
+  return stride == D ? dX_t : dX_t.narrow(1, 0, D).contiguous();
 }
 
 // Whether hard_negative_pairs' backward goes through the selected points: about 2 P^2 D multiply-adds
