@@ -3,10 +3,12 @@
 // Forward: one X X^T (BLAS, upper block triangle only), a (P, T) table of point coefficients, then either
 // the vectorized row path of search_rows_cpu.h (finite input) or the tiles of search_tiles.h driven over
 // the (p, q) grid with at::parallel_for (each tile emulates one CUDA block).
-// Backward, by cost (spec §4): hard_negative_pairs has P x P outputs, so their gradients are gathered into
-// a dense dG (rows owned by the task of their pair component, no races) and finished with
-// dX = (dG + dG^T) X, one B x B x D product; hard_negative_points has P x T outputs, so their few dG entries
-// are merged per row and each row of dX is summed in D-space from the rows of X they name.
+// Backward, by cost (spec §4): hard_negative_pairs has P x P outputs; where 2 P^2 <= B^2 (the adjacent
+// layout) each pair's rows add one gradient point of every other pair in D-space (2 P^2 D multiply-adds),
+// else their gradients are gathered into a dense dG (rows owned by the task of their pair component, no
+// races) and finished with dX = (dG + dG^T) X, one B x B x D product. hard_negative_points has P x T
+// outputs, so their few dG entries are merged per row and each row of dX is summed in D-space from the
+// rows of X they name.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
