@@ -1,6 +1,10 @@
 """Fused ops vs the pure-PyTorch reference (spec §2-§4): values, argmins, gradients, edge cases."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -294,6 +298,33 @@ def test_pairs_backward_routes_agree(dtype, mirrored):
         paired = torch.zeros(X.shape[0], dtype=torch.bool)
         paired[pairs.flatten()] = True
         assert torch.all(g[~paired] == 0) and g[paired].abs().sum() > 0
+
+
+PLAIN_SUMS = """
+import sys, torch, ee_cuda
+case = torch.load(sys.argv[1])
+g = torch.ops.ee_cuda.hard_negative_pairs_backward(*case["args"])
+torch.testing.assert_close(g, case["dG_route"], atol=1e-10 * case["dG_route"].abs().max(), rtol=1e-10)
+assert not torch.equal(g, case["fma"]), "ATEN_CPU_CAPABILITY=default did not switch the sums"
+print("plain sums ok")
+"""
+
+
+def test_pairs_backward_plain_sums(tmp_path):
+    """The backward through points sums with FMA where the CPU has it, else (or under ATen's override
+    ATEN_CPU_CAPABILITY=default) with separate multiplies and adds: run in a process with the override, it
+    must equal the dG route too, and differ in rounding from this process's sums."""
+    X, pairs, labels, n, normalize = next(pairs_route_cases(torch.float64))
+    dist, index = ee_cuda.hard_negative_pairs(X, pairs, labels, n, normalize, **FUSED)
+    w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
+    args = (w, X, pairs, dist, index, n, normalize)
+    case = {"args": args, "fma": torch.ops.ee_cuda.hard_negative_pairs_backward(*args),
+            "dG_route": torch.ops.ee_cuda.scatter_backward_emulated(*args, False)}
+    torch.save(case, tmp_path / "case.pt")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    run = subprocess.run([sys.executable, "-c", PLAIN_SUMS, str(tmp_path / "case.pt")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "plain sums ok" in run.stdout, run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("op", ["pairs", "points"])

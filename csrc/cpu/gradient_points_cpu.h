@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -161,12 +163,24 @@ EE_FMA_TARGET void add_gradient_points_fma(const acc_t* block, const BlockTerms<
 }
 #endif
 
+#ifdef EE_FMA_KERNELS
+// Whether the FMA sums run: the CPU has AVX2 and FMA, and ATen's ISA override does not ask for the baseline
+// (ATEN_CPU_CAPABILITY=default, as for ATen's own kernels; the tests use it to run the other sums).
+inline bool use_fma_kernels() {
+  static const bool use = [] {
+    const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
+    const bool baseline = cap != nullptr && std::strcmp(cap, "default") == 0;
+    return !baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return use;
+}
+#endif
+
 // dx_block: dX's column block (row r at r * stride, Wb columns each).
 template <typename acc_t>
 inline void add_gradient_points(const acc_t* block, const BlockTerms<acc_t>& terms, acc_t* dx_block, int64_t stride) {
 #ifdef EE_FMA_KERNELS
-  static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (fma) return add_gradient_points_fma(block, terms, dx_block, stride);
+  if (use_fma_kernels()) return add_gradient_points_fma(block, terms, dx_block, stride);
 #endif
   add_gradient_points_plain(block, terms, dx_block, stride);
 }
