@@ -54,7 +54,8 @@ EE_LANES_INLINE void write_gradient_point_impl(const ColumnBlocks<acc_t>& layout
 }
 
 EE_VECTOR_CLONES inline void write_gradient_point(const ColumnBlocks<float>& layout, float* y, int64_t m,
-                                                  const float* xk, const float* xl, float alpha, float beta, int64_t D) {
+                                                  const float* xk, const float* xl, float alpha, float beta,
+                                                  int64_t D) {
   write_gradient_point_impl(layout, y, m, xk, xl, alpha, beta, D);
 }
 EE_VECTOR_CLONES inline void write_gradient_point(const ColumnBlocks<double>& layout, double* y, int64_t m,

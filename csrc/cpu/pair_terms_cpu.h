@@ -17,21 +17,25 @@
 
 namespace ee {
 
-// The PointGradCoef of every point, one array per field, so that a vector of outputs gathers each field.
+// The PointGradCoef of every point (from its PointCoef), one array per field, so that a vector of outputs
+// gathers each field.
 template <typename acc_t>
 struct PointGradColumns {
   std::vector<acc_t> alpha, beta, sqnorm, slope, cnst;
 
-  explicit PointGradColumns(const std::vector<PointGradCoef<acc_t>>& gc)
-      : alpha(gc.size()), beta(gc.size()), sqnorm(gc.size()), slope(gc.size()), cnst(gc.size()) {
-    for (size_t o = 0; o < gc.size(); ++o) {
-      alpha[o] = gc[o].alpha;
-      beta[o] = gc[o].beta;
-      sqnorm[o] = gc[o].sqnorm;
-      slope[o] = gc[o].own_slope;
-      cnst[o] = gc[o].own_const;
+  PointGradColumns(const PointCoef<acc_t>* coef, int64_t P, int64_t n, bool normalize)
+      : alpha(P * (n + 2)), beta(P * (n + 2)), sqnorm(P * (n + 2)), slope(P * (n + 2)), cnst(P * (n + 2)) {
+    for (int64_t o = 0; o < P * (n + 2); ++o) {
+      const PointGradCoef<acc_t> c = point_grad_coef(coef[o], o % (n + 2), n, normalize);
+      alpha[o] = c.alpha;
+      beta[o] = c.beta;
+      sqnorm[o] = c.sqnorm;
+      slope[o] = c.own_slope;
+      cnst[o] = c.own_const;
     }
   }
+
+  PointGradCoef<acc_t> at(int64_t o) const { return {alpha[o], beta[o], sqnorm[o], slope[o], cnst[o]}; }
 };
 
 // Where p's terms go: the chunk's point each multiplies, and its two weights.
@@ -90,14 +94,13 @@ EE_LANES_INLINE int64_t pair_terms_impl(const PointGradColumns<acc_t>& tab, cons
   // One output seen from p's side: p's point t, q's point r (q = q0 + s).
   auto single = [&](int64_t t, int64_t r, int64_t s, acc_t d, acc_t g) {
     if ((uint64_t(t) >= uint64_t(T)) | (uint64_t(r) >= uint64_t(T))) return;
-    if (!(d > acc_t(0) && g != acc_t(0))) return;
-    const acc_t gd = g / (acc_t(2) * d), dot = (sq_p[t] + sq[s * T + r] - d * d) / acc_t(2);
-    const acc_t cross = acc_t(-2) * gd;
+    const DistanceGrad<acc_t> gr = distance_grad(tab.at(p * T + t), tab.at((q0 + s) * T + r), d, g);
+    if (!gr.any) return;
     out.point[count] = int32_t(s * T + r);
-    out.c0[count] = cross * alpha[t];
-    out.c1[count] = cross * beta[t];
+    out.c0[count] = gr.cross * gr.aa;
+    out.c1[count] = gr.cross * gr.ba;
     ++count;
-    own_p[t] += gd * (dot * slope[t] + cnst[t]);
+    own_p[t] += gr.own_a;
   };
   for (int64_t s0 = 0; s0 < in.count; s0 += W) {
     const int lanes = int(std::min<int64_t>(W, in.count - s0));

@@ -326,16 +326,15 @@ Tensor pairs_backward_through_gram(const BackwardArrays<acc_t>& arr, const std::
 // (both sequential reads), merged where they name the same point; then, block by block, the rows of dX,
 // each task owning the rows of its components' pairs. Every output is differentiated twice, once per side.
 template <typename acc_t>
-Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std::vector<PointGradCoef<acc_t>>& gc,
-                                     const Tensor& X, int64_t P, int64_t n) {
+Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const Tensor& X, int64_t P, int64_t n,
+                                     bool normalize) {
   const int64_t B = X.size(0), D = X.size(1), T = n + 2;
   constexpr int64_t kW = ColumnBlocks<acc_t>::kWidth;
+  const int64_t stride = ColumnBlocks<acc_t>(1, D).blocks * kW;  // D rounded up to whole column blocks
   // Pairs per chunk: their points' block within about 20 KiB of L1, and all their points within the bytes of
   // the B x B Gram matrix the forward held (at W1, B = 128, its whole budget is about 0.4 MiB).
-  const ColumnBlocks<acc_t> dx_layout(B, D);
-  const int64_t point_bytes = dx_layout.blocks * kW * int64_t(sizeof(acc_t));
-  const int64_t chunk = std::max<int64_t>(
-      1, std::min({P, 20480 / (T * kW * int64_t(sizeof(acc_t))), B * B * int64_t(sizeof(acc_t)) / (T * point_bytes)}));
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min({P, 20480 / (T * kW * int64_t(sizeof(acc_t))), B * B / (T * stride)}));
   const int64_t slots = 2 * chunk;  // terms of one p per chunk, at most
   constexpr int64_t kPrefetchRows = 8;
   const int64_t *pr = arr.pairs, *idx = arr.index;
@@ -344,11 +343,10 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
   const int64_t components = int64_t(pc.offsets.size()) - 1;
   std::vector<acc_t> own(P * T, acc_t(0));  // per point: the sum of its own entries' factors
   // dX with rows padded to whole column blocks (the kernel adds whole blocks): no copy when D is a multiple.
-  const int64_t stride = dx_layout.blocks * kW;
   Tensor dX_t = at::zeros({B, stride}, X.options());
   acc_t* dX = dX_t.data_ptr<acc_t>();
   std::vector<acc_t> y(ColumnBlocks<acc_t>(chunk * T, D).size());
-  const PointGradColumns<acc_t> columns(gc);
+  const PointGradColumns<acc_t> columns(arr.coef, P, n, normalize);
   std::vector<int32_t> term_point(P * slots);  // per p: the chunk's point of each term, and its weights
   std::vector<acc_t> term_c0(P * slots), term_c1(P * slots);
   std::vector<int64_t> term_count(P);
@@ -360,8 +358,8 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
     at::parallel_for(q0 * T, q1 * T, 1, [&](int64_t begin, int64_t end) {
       for (int64_t o = begin; o < end; ++o) {
         const int64_t q = o / T;
-        write_gradient_point(layout, y.data(), o - q0 * T, x + pr[2 * q] * D, x + pr[2 * q + 1] * D, gc[o].alpha,
-                             gc[o].beta, D);
+        write_gradient_point(layout, y.data(), o - q0 * T, x + pr[2 * q] * D, x + pr[2 * q + 1] * D,
+                             columns.alpha[o], columns.beta[o], D);
       }
     });
     const int64_t count_q = q1 - q0;
@@ -394,7 +392,8 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const std
     at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
       const BlockTerms<acc_t> terms{pc.pair.data() + pc.offsets[begin], pr, pc.offsets[end] - pc.offsets[begin],
                                     term_point.data(), term_c0.data(), term_c1.data(), term_count.data(), slots};
-      for (int64_t b = 0; b < layout.blocks; ++b) add_gradient_points(layout.row(y.data(), b, 0), terms, dX + b * kW, stride);
+      for (int64_t b = 0; b < layout.blocks; ++b)
+        add_gradient_points(layout.row(y.data(), b, 0), terms, dX + b * kW, stride);
     });
   }
   // The own entries in D-space; a pair's rows belong to its component, one task each.
@@ -426,9 +425,9 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    const std::vector<PointGradCoef<acc_t>> gc = arr.grad_coef(P, n, normalize);
-    dX = pairs_backward_through_points_is_cheaper(P, B) ? pairs_backward_through_points(arr, gc, X, P, n)
-                                                        : pairs_backward_through_gram(arr, gc, X, P, n);
+    dX = pairs_backward_through_points_is_cheaper(P, B)
+             ? pairs_backward_through_points(arr, X, P, n, normalize)
+             : pairs_backward_through_gram(arr, arr.grad_coef(P, n, normalize), X, P, n);
   });
   return dX.to(X_.scalar_type());
 }
