@@ -377,9 +377,14 @@ class RSSMeter:
     threshold at 64 MiB (the values glibc's dynamic thresholds settle at in a process that frees blocks of
     up to 32 MiB, as a training loop does; pinning one turns off the dynamics of both, so the trim threshold
     is pinned with it, else it stays at its 128 KiB start and every call re-faults the pages at the heap's
-    top); at 64 KiB and 128 KiB between ``start`` and ``stop``, so that every block of 64 KiB or more is a
-    fresh mapping that the high-water mark sees, not memory reused from a cache the baseline holds.
-    Resolution: a page; blocks under 64 KiB served from already-resident heap are not counted.
+    top); at 64 KiB and 128 KiB between ``start`` and ``stop``. glibc serves a request from its free chunks
+    when one fits and maps a fresh block only for a request of 64 KiB or more that none fits; the free
+    chunks' pages were released by ``malloc_trim``, so either way the pages a call writes are counted.
+    What this measures: every page the call touched, not the peak of its live bytes. A block freed during
+    the call stays resident (it is in the middle of the heap), so a forward's temporaries and the
+    backward's ``dX``, never alive together, are both counted: an upper bound of the live peak, and not
+    an exact one (which free chunk serves a request depends on the heap's history).
+    Resolution: a page.
     """
 
     _libc = None

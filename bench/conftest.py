@@ -253,7 +253,7 @@ def _run(benchmark, case, meter):
     if impl == "compiled":
         torch._dynamo.reset()
     fn = bl.build_fn(cfg, target, "eager" if impl == "torch" else impl, labels, pairs)
-    step, _ = bl.make_step(cfg, target, mode, fn, X, grad)
+    step, X_in = bl.make_step(cfg, target, mode, fn, X, grad)
     expected = None if impl == "fused" and mode == "fwdbwd" else _expected(cfg, target)
     est = bl.est_ref_seconds(cfg, target, mode) if impl in ("eager", "compiled") else 0.0
     slow_eager = impl == "eager" and est > bl.SLOW_CALL_S
@@ -291,8 +291,16 @@ def _run(benchmark, case, meter):
     fused_step = alongside_step(case, X, labels, pairs, grad) if impl in ("eager", "compiled") else None
     alongside = alongside_calls(fused_step) if fused_step is not None else None
     peak = {"bytes": None}
-    if iterations > 1 or t_call < 0.5:
+
+    def start_meter():
+        # The previous call's dX is released before the meter starts, as zero_grad(set_to_none=True) does
+        # before a training step's forward: else whether its release returns pages to the OS (it does when
+        # the allocator happens to hold it at the top of the heap) swings the peak by dX's bytes.
+        X_in.grad = None
         meter.start()
+
+    if iterations > 1 or t_call < 0.5:
+        start_meter()
         step()
         peak["bytes"] = meter.stop()
         setup = None
@@ -301,7 +309,7 @@ def _run(benchmark, case, meter):
             b = meter.stop() if meter.base is not None else None
             if b is not None:
                 peak["bytes"] = max(peak["bytes"] or 0, b)
-            meter.start()
+            start_meter()
         meter.base = None
     benchmark.group = f"{cfg.label()} {target} {mode}"
     benchmark.name = case.id

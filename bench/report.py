@@ -540,10 +540,14 @@ def main(argv=None):
         "a ratio of timings taken minutes apart measures that drift as well as the code. The tables keep the "
         "fused cases' own medians.",
         "- **Memory (CPU).** Peak extra resident memory of one call: `malloc_trim`, reset of the kernel's "
-        "high-water mark through `/proc/self/clear_refs`, then `VmHWM - VmRSS(before)`; glibc's mmap threshold "
-        "is 64 KiB during the measured call, so native allocations (ATen, the extension's buffers, "
-        "`torch.compile` kernels) are counted. Blocks under 64 KiB reused from the resident heap are not, so "
-        "tiny results (0 KiB) mean \"below resolution\".",
+        "high-water mark through `/proc/self/clear_refs`, then `VmHWM - VmRSS(before)`, so native allocations "
+        "(ATen, the extension's buffers, `torch.compile` kernels) are counted. It counts every page the call "
+        "touched: memory freed during the call stays resident, so a forward's temporaries and the backward's "
+        "`dX`, never alive together, are both counted; an upper bound of the peak of live bytes. (For W1 "
+        "points \"all\", a malloc trace of one forward+backward measured a live peak of 512 KiB where this "
+        "meter reads about 690.) The previous call's `dX` is released just before "
+        "(`X.grad = None`, as `zero_grad(set_to_none=True)` does before a training step), so that whether "
+        "the allocator returns its pages to the OS is not counted in or out of the next call's peak.",
         "",
         "## Skipped and not run",
         "",

@@ -113,9 +113,11 @@ def _hard_negative_points(X, pairs, labels, n_inner, normalize):
 
 
 def positive_pairs(labels: torch.Tensor, mode: str = "all") -> torch.Tensor:
-    """Positive pairs of a batch, ``LongTensor (P, 2)`` on the labels' device.
+    """Positive pairs of a batch, a contiguous ``LongTensor (P, 2)`` on the labels' device.
 
-    ``"all"``: every unordered same-label pair ``(i, j)``, ``i < j``, in row-major order.
+    ``"all"``: every unordered same-label pair ``(i, j)``, ``i < j``, in row-major order. (``nonzero()``
+    returns a column-major view on the CPU; it is made contiguous once here rather than by every op that
+    reads it, forward and backward.)
     ``"adjacent"``: ``(2k, 2k+1)`` for every ``k`` (the official sampler's layout); ``ValueError`` if
     ``B`` is odd or the two rows of a pair have different labels.
     """
@@ -125,7 +127,7 @@ def positive_pairs(labels: torch.Tensor, mode: str = "all") -> torch.Tensor:
     B = labels.shape[0]
     if mode == "all":
         same = labels[:, None] == labels[None, :]
-        return torch.triu(same, diagonal=1).nonzero()
+        return torch.triu(same, diagonal=1).nonzero().contiguous()
     if mode == "adjacent":
         if B % 2:
             raise ValueError(f"labels: mode='adjacent' needs an even batch, got B={B}")

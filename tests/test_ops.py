@@ -378,7 +378,7 @@ def test_non_contiguous_inputs(device):
     X, labels = make_batch(4, 4, 10, device=device, shuffle=True)
     Xt = X.t().contiguous().t()  # same values, column-major strides
     Xs = torch.cat([X, X], dim=1)[:, ::2]  # strided view
-    pairs = ee_cuda.positive_pairs(labels).flip(1)  # (j, i): a flipped, non-contiguous view
+    pairs = ee_cuda.positive_pairs(labels).flip(1).t().contiguous().t()  # (j, i), column-major strides
     assert not Xt.is_contiguous() and not Xs.is_contiguous() and not pairs.is_contiguous()
     for Xn in (Xt, Xs):
         for fused in (ee_cuda.hard_negative_pairs, ee_cuda.hard_negative_points):
@@ -565,8 +565,9 @@ def test_positive_pairs():
     pairs = ee_cuda.positive_pairs(labels)
     expected = [[i, j] for i in range(40) for j in range(i + 1, 40) if labels[i] == labels[j]]
     assert pairs.tolist() == expected and pairs.dtype == torch.long
+    assert pairs.is_contiguous()  # else every op copies it, forward and backward
     adj = ee_cuda.positive_pairs(torch.tensor([5, 5, 2, 2]), "adjacent")
-    assert adj.tolist() == [[0, 1], [2, 3]]
+    assert adj.tolist() == [[0, 1], [2, 3]] and adj.is_contiguous()
 
 
 def test_backend_selection_and_fallback_warning(monkeypatch):

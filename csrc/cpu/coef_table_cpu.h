@@ -6,7 +6,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "../common/ee_math.h"
 #include "lanes_cpu.h"
@@ -78,38 +80,66 @@ EE_LANES_INLINE void synthetic_sqnorms(const acc_t* xi, const acc_t* xj, int64_t
   }
 }
 
-// The T points of the pair (x_i, x_j).
+// The norm each of the T points of the pair (x_i, x_j) has its coefficients formed from, into norm[t]: the
+// squared norms ||x_i||^2 and ||x_j||^2 of the originals (t = 0, n+1), ||u_t|| of the synthetic points.
 template <typename acc_t>
-EE_LANES_INLINE void pair_coefs_impl(const acc_t* xi, const acc_t* xj, int64_t D, int64_t n, bool normalize,
-                                     PointCoef<acc_t>* out) {
-  const acc_t si = sum_of_squares<acc_t>(D, [&](int64_t d) { return xi[d]; });
-  const acc_t sj = sum_of_squares<acc_t>(D, [&](int64_t d) { return xj[d]; });
-  out[0] = point_coef<acc_t>(0, n, normalize, acc_t(-1), si);
-  out[n + 1] = point_coef<acc_t>(n + 1, n, normalize, acc_t(-1), sj);
-  synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
-    out[t] = point_coef<acc_t>(t, n, normalize, std::sqrt(sq), acc_t(0));
-  });
+EE_LANES_INLINE void pair_norms_impl(const acc_t* xi, const acc_t* xj, int64_t D, int64_t n, acc_t* norm) {
+  norm[0] = sum_of_squares<acc_t>(D, [&](int64_t d) { return xi[d]; });
+  norm[n + 1] = sum_of_squares<acc_t>(D, [&](int64_t d) { return xj[d]; });
+  synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) { norm[t] = std::sqrt(sq); });
 }
 
-EE_VECTOR_CLONES inline void pair_coefs(const float* xi, const float* xj, int64_t D, int64_t n, bool normalize,
-                                        PointCoef<float>* out) {
-  pair_coefs_impl(xi, xj, D, n, normalize, out);
+EE_VECTOR_CLONES inline void pair_norms(const float* xi, const float* xj, int64_t D, int64_t n, float* norm) {
+  pair_norms_impl(xi, xj, D, n, norm);
 }
-EE_VECTOR_CLONES inline void pair_coefs(const double* xi, const double* xj, int64_t D, int64_t n, bool normalize,
-                                        PointCoef<double>* out) {
-  pair_coefs_impl(xi, xj, D, n, normalize, out);
+EE_VECTOR_CLONES inline void pair_norms(const double* xi, const double* xj, int64_t D, int64_t n, double* norm) {
+  pair_norms_impl(xi, xj, D, n, norm);
 }
 
-// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns (P, T, 4) acc_t.
+// Point t's coefficients from its pair_norms() entry.
 template <typename acc_t>
-at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
-  const int64_t P = pairs.size(0), T = n + 2, D = X.size(1);
-  at::Tensor table = at::empty({P, T, 4}, X.options());
-  PointCoef<acc_t>* out = coef_ptr<acc_t>(table);
+inline PointCoef<acc_t> point_coef_of_norm(acc_t norm, int64_t t, int64_t n, bool normalize) {
+  const bool original = t == 0 || t == n + 1;
+  return point_coef<acc_t>(t, n, normalize, original ? acc_t(-1) : norm, original ? norm : acc_t(0));
+}
+
+// emit(p, norm) for every pair p, norm[t] (t < T) its pair_norms(), in parallel over pairs.
+template <typename acc_t, typename Emit>
+void for_each_pair_norms(const at::Tensor& X, const at::Tensor& pairs, int64_t n, Emit&& emit) {
+  const int64_t P = pairs.size(0), D = X.size(1);
   const acc_t* x = X.data_ptr<acc_t>();
   const int64_t* pr = pairs.data_ptr<int64_t>();
   at::parallel_for(0, P, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) pair_coefs(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, normalize, out + p * T);
+    std::vector<acc_t> norm(n + 2);
+    for (int64_t p = begin; p < end; ++p) {
+      pair_norms(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, norm.data());
+      emit(p, norm.data());
+    }
+  });
+}
+
+// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns the (P, T, 4) acc_t
+// table of PointCoef.
+template <typename acc_t>
+at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
+  const int64_t T = n + 2;
+  at::Tensor table = at::empty({pairs.size(0), T, 4}, X.options());
+  PointCoef<acc_t>* out = coef_ptr<acc_t>(table);
+  for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t p, const acc_t* norm) {
+    for (int64_t t = 0; t < T; ++t) out[p * T + t] = point_coef_of_norm(norm[t], t, n, normalize);
+  });
+  return table;
+}
+
+// The (P, T) table of pair_norms(): a quarter of coef_table_cpu()'s bytes, for callers that form each point's
+// coefficients as they need them (point_coef_of_norm()).
+template <typename acc_t>
+at::Tensor norm_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n) {
+  const int64_t T = n + 2;
+  at::Tensor table = at::empty({pairs.size(0), T}, X.options());
+  acc_t* out = table.data_ptr<acc_t>();
+  for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t p, const acc_t* norm) {
+    std::copy(norm, norm + T, out + p * T);
   });
   return table;
 }

@@ -17,16 +17,17 @@
 
 namespace ee {
 
-// The PointGradCoef of every point (from its PointCoef), one array per field, so that a vector of outputs
-// gathers each field.
+// The PointGradCoef of every point, grad_coef_of(o) for o < points, one array per field, so that a vector of
+// outputs gathers each field.
 template <typename acc_t>
 struct PointGradColumns {
   std::vector<acc_t> alpha, beta, sqnorm, slope, cnst;
 
-  PointGradColumns(const PointCoef<acc_t>* coef, int64_t P, int64_t n, bool normalize)
-      : alpha(P * (n + 2)), beta(P * (n + 2)), sqnorm(P * (n + 2)), slope(P * (n + 2)), cnst(P * (n + 2)) {
-    for (int64_t o = 0; o < P * (n + 2); ++o) {
-      const PointGradCoef<acc_t> c = point_grad_coef(coef[o], o % (n + 2), n, normalize);
+  template <typename GradCoefOf>
+  PointGradColumns(int64_t points, GradCoefOf&& grad_coef_of)
+      : alpha(points), beta(points), sqnorm(points), slope(points), cnst(points) {
+    for (int64_t o = 0; o < points; ++o) {
+      const PointGradCoef<acc_t> c = grad_coef_of(o);
       alpha[o] = c.alpha;
       beta[o] = c.beta;
       sqnorm[o] = c.sqnorm;

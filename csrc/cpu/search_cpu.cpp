@@ -1,8 +1,9 @@
 // CPU kernels of hard_negative_pairs / hard_negative_points (forward and backward), EE-SPEC §3-§4.
 //
-// Forward: one X X^T (BLAS, upper block triangle only), a (P, T) table of point coefficients, then either
-// the vectorized row path of search_rows_cpu.h (finite input) or the tiles of search_tiles.h driven over
-// the (p, q) grid with at::parallel_for (each tile emulates one CUDA block).
+// Forward: one X X^T (BLAS, upper block triangle only), then either the vectorized row path of
+// search_rows_cpu.h (finite input; the point coefficients straight into its block layout) or, from a (P, T)
+// table of point coefficients, the tiles of search_tiles.h driven over the (p, q) grid with
+// at::parallel_for (each tile emulates one CUDA block).
 // Backward, by cost (spec §4): hard_negative_pairs has P x P outputs; where 2 P^2 <= B^2 (the adjacent
 // layout) each pair's rows add one gradient point of every other pair in D-space (2 P^2 D multiply-adds),
 // else their gradients are gathered into a dense dG (rows owned by the task of their pair component, no
@@ -123,7 +124,6 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
   const Tensor X = X_.to(acc_type_of(X_)).contiguous();
   bool lower_missing = false;
   const Tensor gram = gram_upper_cpu(X, lower_missing);
-  const Tensor plabel = pair_labels(labels, pairs);
   // X has a NaN or an infinity exactly when a diagonal Gram entry ||x_a||^2 does (or when it overflows): a
   // B-element check instead of one over X.
   const bool finite = at::isfinite(gram.diagonal()).all().item<bool>();
@@ -132,14 +132,17 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
     const bool tiles = emulate_gpu || !finite || !row_keys_fit<acc_t>(P, T, points);
     const bool upper_only = !tiles && !points && pairs_ascending(pairs.data_ptr<int64_t>(), P);
     if (lower_missing && !upper_only) mirror_upper(gram.data_ptr<acc_t>(), X.size(0));
-    const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize);
-    const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
     scalar_t* d = dist.data_ptr<scalar_t>();
     int64_t* idx = index.data_ptr<int64_t>();
-    if (points)
-      tiles ? run_point_tiles(args, d, idx) : point_rows_cpu(args, d, idx);
-    else
-      tiles ? run_pair_tiles(args, d, idx) : pair_rows_cpu(args, upper_only, d, idx);
+    if (tiles) {
+      const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize), plabel = pair_labels(labels, pairs);
+      const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
+      points ? run_point_tiles(args, d, idx) : run_pair_tiles(args, d, idx);
+    } else {
+      const PairBlocks<acc_t> pb(X, pairs, labels.contiguous(), n, normalize);
+      const acc_t* g = gram.data_ptr<acc_t>();
+      points ? point_rows_cpu(pb, g, X.size(0), d, idx) : pair_rows_cpu(pb, g, X.size(0), upper_only, d, idx);
+    }
   });
   return {dist, index};
 }
@@ -175,28 +178,38 @@ BackwardInputs backward_inputs(const Tensor& grad, const Tensor& X, const Tensor
   return in;
 }
 
-// The raw arrays of BackwardInputs, with the point coefficients rebuilt for them.
+// The raw arrays of BackwardInputs, with the norms the point coefficients are rebuilt from (norm_table_cpu():
+// a quarter of the coefficient table's bytes; a point's coefficients are formed where they are read).
 template <typename acc_t>
 struct BackwardArrays {
-  Tensor coef_table;
-  const PointCoef<acc_t>* coef;
+  Tensor norm_table;
+  const acc_t* norm;
   const int64_t *pairs, *index;
   const acc_t *grad, *dist, *x;
+  int64_t n;
+  bool normalize;
 
-  BackwardArrays(const BackwardInputs& in, int64_t n, bool normalize)
-      : coef_table(coef_table_cpu<acc_t>(in.X, in.pairs, n, normalize)),
-        coef(coef_ptr<acc_t>(coef_table)),
+  BackwardArrays(const BackwardInputs& in, int64_t n_, bool normalize_)
+      : norm_table(norm_table_cpu<acc_t>(in.X, in.pairs, n_)),
+        norm(norm_table.data_ptr<acc_t>()),
         pairs(in.pairs.data_ptr<int64_t>()),
         index(in.index.data_ptr<int64_t>()),
         grad(in.grad.data_ptr<acc_t>()),
         dist(in.dist.data_ptr<acc_t>()),
-        x(in.X.data_ptr<acc_t>()) {}
+        x(in.X.data_ptr<acc_t>()),
+        n(n_),
+        normalize(normalize_) {}
 
-  // The PointGradCoef of every point o = p*T + t, formed once (the backward loops read them per output).
-  std::vector<PointGradCoef<acc_t>> grad_coef(int64_t P, int64_t n, bool normalize) const {
-    const int64_t T = n + 2;
-    std::vector<PointGradCoef<acc_t>> table(P * T);
-    for (int64_t o = 0; o < P * T; ++o) table[o] = point_grad_coef(coef[o], o % T, n, normalize);
+  // The PointGradCoef of point o = p*T + t.
+  PointGradCoef<acc_t> grad_coef(int64_t o) const {
+    const int64_t t = o % (n + 2);
+    return point_grad_coef(point_coef_of_norm(norm[o], t, n, normalize), t, n, normalize);
+  }
+
+  // grad_coef() of every point, formed once (the dG route reads them per output).
+  std::vector<PointGradCoef<acc_t>> grad_coef_table(int64_t P) const {
+    std::vector<PointGradCoef<acc_t>> table(P * (n + 2));
+    for (int64_t o = 0; o < P * (n + 2); ++o) table[o] = grad_coef(o);
     return table;
   }
 };
@@ -346,7 +359,7 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const Ten
   Tensor dX_t = at::zeros({B, stride}, X.options());
   acc_t* dX = dX_t.data_ptr<acc_t>();
   std::vector<acc_t> y(ColumnBlocks<acc_t>(chunk * T, D).size());
-  const PointGradColumns<acc_t> columns(arr.coef, P, n, normalize);
+  const PointGradColumns<acc_t> columns(P * T, [&arr](int64_t o) { return arr.grad_coef(o); });
   std::vector<int32_t> term_point(P * slots);  // per p: the chunk's point of each term, and its weights
   std::vector<acc_t> term_c0(P * slots), term_c1(P * slots);
   std::vector<int64_t> term_count(P);
@@ -427,7 +440,7 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
     const BackwardArrays<acc_t> arr(in, n, normalize);
     dX = pairs_backward_through_points_is_cheaper(P, B)
              ? pairs_backward_through_points(arr, X, P, n, normalize)
-             : pairs_backward_through_gram(arr, arr.grad_coef(P, n, normalize), X, P, n);
+             : pairs_backward_through_gram(arr, arr.grad_coef_table(P), X, P, n);
   });
   return dX.to(X_.scalar_type());
 }
@@ -448,7 +461,6 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    const PointCoef<acc_t>* c = arr.coef;
     const int64_t *pr = arr.pairs, *idx = arr.index;
     const acc_t *g = arr.grad, *d = arr.dist;
     const acc_t* x = arr.x;
@@ -507,8 +519,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
       const int64_t q = idx[2 * o], r = idx[2 * o + 1];
       if (q < 0 || r < 0 || q >= P || r >= T) continue;
       // P x T outputs, one per point: each point's PointGradCoef is formed as needed, not tabulated.
-      const DistanceGrad<acc_t> gr = distance_grad(point_grad_coef(c[o], o % T, n, normalize),
-                                                   point_grad_coef(c[q * T + r], r, n, normalize), d[o], g[o]);
+      const DistanceGrad<acc_t> gr = distance_grad(arr.grad_coef(o), arr.grad_coef(q * T + r), d[o], g[o]);
       if (!gr.any) continue;
       const int64_t p = o / T;
       cross_entries(pr[2 * p], pr[2 * p + 1], pr[2 * q], pr[2 * q + 1], gr, add);
@@ -535,7 +546,8 @@ Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, cons
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "scatter_backward_emulated_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    const PointCoef<acc_t>* c = arr.coef;
+    const Tensor coef_table = coef_table_cpu<acc_t>(X, in.pairs, n, normalize);  // the tiles' PointCoef table
+    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef_table);
     const int64_t *pr = arr.pairs, *idx = arr.index;
     const acc_t *g = arr.grad, *d = arr.dist;
     acc_t* out = dG.data_ptr<acc_t>();

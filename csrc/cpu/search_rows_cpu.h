@@ -13,46 +13,70 @@
 #include <limits>
 #include <vector>
 
-#include "../common/search_tiles.h"
+#include "../common/ee_math.h"
+#include "coef_table_cpu.h"
 #include "lanes_cpu.h"
 
 namespace ee {
 
-// The pairs in block layout, built once per call and shared by every row: block b holds pairs
-// q = b*V .. b*V+V-1, one per lane. Padded lanes (q >= P) read row 0 and have ||a||^2 = +inf, so that they
-// never win.
+// The pairs in block layout, built once per call (straight from X: the row path needs no (P, T) coefficient
+// table) and shared by every row: block b holds pairs q = b*V .. b*V+V-1, one per lane. Padded lanes
+// (q >= P) read row 0 and have ||a||^2 = +inf, so that they never win. Each of the two arrays is one
+// allocation, which the allocator maps fresh and returns whole when the search ends.
 template <typename acc_t>
 struct PairBlocks {
   static constexpr int V = Lanes<acc_t>::kWidth;
   int64_t P, T, blocks;
-  std::vector<acc_t> alpha, beta, sqnorm;  // [block][r][lane]
-  std::vector<int64_t> k, l, label;        // [block * V + lane]: endpoints and label of pair q
+  std::vector<acc_t> coefs;     // alpha, then beta, then sqnorm: each [block][r][lane]
+  std::vector<int64_t> ends;    // k, then l, then label: each [block * V + lane], of pair q
+  const acc_t *alpha, *beta, *sqnorm;
+  const int64_t *k, *l, *label;
   // Every pair q is (2q, 2q+1), the official sampler's layout: a full block's endpoints are 2V consecutive
   // columns of a Gram row, read with two vector loads instead of 2V scalar ones.
   bool adjacent;
 
-  explicit PairBlocks(const SearchArgs<acc_t>& a)
-      : P(a.P), T(a.T), blocks((a.P + V - 1) / V), alpha(blocks * T * V, acc_t(0)), beta(alpha.size(), acc_t(0)),
-        sqnorm(alpha.size(), acc_t(INFINITY)), k(blocks * V, 0), l(k.size(), 0), label(k.size(), 0),
-        adjacent(true) {
-    for (int64_t q = 0; q < P; ++q) {
-      adjacent &= a.pairs[2 * q] == 2 * q && a.pairs[2 * q + 1] == 2 * q + 1;
+  // X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous with valid rows; labels: (B,) contiguous int64.
+  PairBlocks(const at::Tensor& X, const at::Tensor& pairs, const at::Tensor& labels, int64_t n, bool normalize)
+      : P(pairs.size(0)), T(n + 2), blocks((P + V - 1) / V), coefs(3 * blocks * T * V, acc_t(0)),
+        ends(3 * blocks * V, 0), adjacent(true) {
+    const int64_t cells = blocks * T * V, lanes = blocks * V;
+    std::fill(coefs.begin() + 2 * cells, coefs.end(), acc_t(INFINITY));
+    alpha = coefs.data();
+    beta = alpha + cells;
+    sqnorm = beta + cells;
+    k = ends.data();
+    l = k + lanes;
+    label = l + lanes;
+    const int64_t *pr = pairs.data_ptr<int64_t>(), *lab = labels.data_ptr<int64_t>();
+    acc_t* c = coefs.data();
+    int64_t* e = ends.data();
+    for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t q, const acc_t* norm) {
       const int64_t lane = (q / V) * V * T + q % V;
       for (int64_t r = 0; r < T; ++r) {
-        const PointCoef<acc_t> c = a.coef[q * T + r];
-        alpha[lane + r * V] = c.alpha;
-        beta[lane + r * V] = c.beta;
-        sqnorm[lane + r * V] = c.sqnorm;
+        const PointCoef<acc_t> pc = point_coef_of_norm(norm[r], r, n, normalize);
+        c[lane + r * V] = pc.alpha;
+        c[cells + lane + r * V] = pc.beta;
+        c[2 * cells + lane + r * V] = pc.sqnorm;
       }
-      k[q] = a.pairs[2 * q];
-      l[q] = a.pairs[2 * q + 1];
-      label[q] = a.pair_label[q];
-    }
+      e[q] = pr[2 * q];
+      e[lanes + q] = pr[2 * q + 1];
+      e[2 * lanes + q] = lab[pr[2 * q]];  // a positive pair's label: that of either endpoint
+    });
+    for (int64_t q = 0; q < P; ++q) adjacent &= pr[2 * q] == 2 * q && pr[2 * q + 1] == 2 * q + 1;
+  }
+  PairBlocks(const PairBlocks&) = delete;  // alpha .. label point into its own arrays
+  PairBlocks& operator=(const PairBlocks&) = delete;
+
+  // Point r of pair q, as the search reads it (alpha, beta, sqnorm; not unorm, which it does not use).
+  PointCoef<acc_t> point(int64_t q, int64_t r) const {
+    const int64_t at = (q / V) * V * T + q % V + r * V;
+    return PointCoef<acc_t>{alpha[at], beta[at], sqnorm[at], acc_t(0)};
   }
 };
 
-// What row p reads besides the blocks: its pair's Gram rows, its label and its points' coefficients. With
-// `upper_only` the Gram's lower triangle is not filled in: entry (a, c) with c < a is read at (c, a).
+// What row p reads besides the blocks: the Gram rows of its pair (i, j), its label and its points'
+// coefficients. With `upper_only` the Gram's lower triangle is not filled in: entry (a, c) with c < a is read
+// at (c, a).
 template <typename acc_t>
 struct RowArgs {
   const acc_t* gram;
@@ -62,10 +86,12 @@ struct RowArgs {
   bool upper_only;
 };
 
+// Row p's RowArgs, its coefficients copied out of the blocks into `coef` (T entries, the task's).
 template <typename acc_t>
-RowArgs<acc_t> row_args(const SearchArgs<acc_t>& a, int64_t p, bool upper_only) {
-  return RowArgs<acc_t>{a.gram, a.B, a.pairs[2 * p], a.pairs[2 * p + 1], a.pair_label[p], a.coef + p * a.T,
-                        upper_only};
+RowArgs<acc_t> row_args(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, int64_t p, bool upper_only,
+                        PointCoef<acc_t>* coef) {
+  for (int64_t t = 0; t < pb.T; ++t) coef[t] = pb.point(p, t);
+  return RowArgs<acc_t>{gram, B, pb.k[p], pb.l[p], pb.label[p], coef, upper_only};
 }
 
 // The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: 2 <a(q,r), x_i>
@@ -107,8 +133,8 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   for (int e = 0; e < W; ++e) same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
   const int64_t off = b * pb.T * W;
   for (int64_t r = 0; r < pb.T; ++r) {
-    const V al = load_lanes<V>(pb.alpha.data() + off + r * W), be = load_lanes<V>(pb.beta.data() + off + r * W);
-    const V nb = load_lanes<V>(pb.sqnorm.data() + off + r * W);
+    const V al = load_lanes<V>(pb.alpha + off + r * W), be = load_lanes<V>(pb.beta + off + r * W);
+    const V nb = load_lanes<V>(pb.sqnorm + off + r * W);
     store_lanes(buf + (3 * r) * W, doubled_dot(al, be, g_ik, g_il));
     store_lanes(buf + (3 * r + 1) * W, doubled_dot(al, be, g_jk, g_jl));
     store_lanes(buf + (3 * r + 2) * W, same ? (V{} + acc_t(INFINITY)) : nb);
@@ -353,18 +379,18 @@ bool row_keys_fit(int64_t P, int64_t T, bool points) {
   return bound < int64_t(std::numeric_limits<typename Lanes<acc_t>::key_t>::max());
 }
 
-// hard_negative_points: dist[p, t] and its first minimizer c = q*T + r, one task per row p.
+// hard_negative_points: dist[p, t] and its first minimizer c = q*T + r, one task per row p. gram: (B, B).
 template <typename acc_t, typename scalar_t>
-void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) {
+void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, scalar_t* dist, int64_t* index) {
   using key_t = typename Lanes<acc_t>::key_t;
   constexpr int W = Lanes<acc_t>::kWidth;
-  const int64_t T = a.T;
-  const PairBlocks<acc_t> pb(a);
-  at::parallel_for(0, a.P, 1, [&](int64_t begin, int64_t end) {
+  const int64_t T = pb.T;
+  at::parallel_for(0, pb.P, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(kChunkBlocks * 3 * T * W), state_m(T * W);
     std::vector<key_t> state_k(T * W);
+    std::vector<PointCoef<acc_t>> coef(T);
     for (int64_t p = begin; p < end; ++p) {
-      point_row(pb, row_args(a, p, false), buf.data(), state_m.data(), state_k.data());
+      point_row(pb, row_args(pb, gram, B, p, false, coef.data()), buf.data(), state_m.data(), state_k.data());
       for (int64_t t = 0; t < T; ++t) {  // the lanes' (min, smallest key)
         acc_t m = acc_t(INFINITY);
         int64_t c = -1;
@@ -389,17 +415,18 @@ void point_rows_cpu(const SearchArgs<acc_t>& a, scalar_t* dist, int64_t* index) 
 // lanes q < p are computed and dropped) and writes both outputs (p, q) and (q, p). Rows go to tasks in
 // pairs (k, P-1-k), so that each gets as much of the triangle. `upper_only`: see RowArgs.
 template <typename acc_t, typename scalar_t>
-void pair_rows_cpu(const SearchArgs<acc_t>& a, bool upper_only, scalar_t* dist, int64_t* index) {
+void pair_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, bool upper_only, scalar_t* dist,
+                   int64_t* index) {
   constexpr int W = Lanes<acc_t>::kWidth;
-  const int64_t T = a.T, P = a.P;
-  const PairBlocks<acc_t> pb(a);
+  const int64_t T = pb.T, P = pb.P;
   const KeySplit keys(T);
   at::parallel_for(0, (P + 1) / 2, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(3 * T * W);
+    std::vector<PointCoef<acc_t>> coef(T);
     BlockResult<acc_t> res;
     scalar_t d[W];
     auto row = [&](int64_t p) {
-      const RowArgs<acc_t> ra = row_args(a, p, upper_only);
+      const RowArgs<acc_t> ra = row_args(pb, gram, B, p, upper_only, coef.data());
       for (int64_t b = p / W; b < pb.blocks; ++b) {
         pair_block(pb, ra, b, buf.data(), keys, res);
         const int64_t q0 = b * W, e0 = std::max<int64_t>(0, p - q0), e1 = std::min<int64_t>(W, P - q0);
