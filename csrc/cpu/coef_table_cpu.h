@@ -1,6 +1,7 @@
-// The (P, T) table of point coefficients on the CPU: ||u|| of every synthetic point is computed in
-// D-space (so that an exact zero midpoint stays exactly zero, as in the reference), the endpoints' squared
-// norms likewise.
+// The point coefficients on the CPU: ||u|| of every synthetic point is computed in D-space (so that an exact
+// zero midpoint stays exactly zero, as in the reference), the endpoints' squared norms likewise. Those norms
+// go into a (P, T) coefficient table (the tile path), a (P, T) norm table (the backwards, which form a point's
+// coefficients where they read it), or straight into the row path's block layout (search_rows_cpu.h).
 #pragma once
 
 #include <ATen/ATen.h>
