@@ -287,8 +287,8 @@ void own_entries(const std::vector<acc_t>& own, const int64_t* pairs, int64_t P,
 // fixed weights) in the task's (P, T) accumulator, and all of them reach dG at the end.
 template <typename acc_t>
 Tensor pairs_backward_through_gram(const BackwardArrays<acc_t>& arr, const std::vector<PointGradCoef<acc_t>>& gc,
-                                   const Tensor& X, int64_t P, int64_t n) {
-  const int64_t B = X.size(0), T = n + 2;
+                                   const Tensor& X, int64_t P) {
+  const int64_t B = X.size(0), n = arr.n, T = n + 2;
   Tensor dG = at::zeros({B, B}, X.options());
   const int64_t *pr = arr.pairs, *idx = arr.index;
   const acc_t *g = arr.grad, *d = arr.dist;
@@ -339,9 +339,8 @@ Tensor pairs_backward_through_gram(const BackwardArrays<acc_t>& arr, const std::
 // (both sequential reads), merged where they name the same point; then, block by block, the rows of dX,
 // each task owning the rows of its components' pairs. Every output is differentiated twice, once per side.
 template <typename acc_t>
-Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const Tensor& X, int64_t P, int64_t n,
-                                     bool normalize) {
-  const int64_t B = X.size(0), D = X.size(1), T = n + 2;
+Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const Tensor& X, int64_t P) {
+  const int64_t B = X.size(0), D = X.size(1), n = arr.n, T = n + 2;
   constexpr int64_t kW = ColumnBlocks<acc_t>::kWidth;
   const int64_t stride = ColumnBlocks<acc_t>(1, D).blocks * kW;  // D rounded up to whole column blocks
   // Pairs per chunk: their points' block within about 20 KiB of L1, and all their points within the bytes of
@@ -439,8 +438,8 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
     dX = pairs_backward_through_points_is_cheaper(P, B)
-             ? pairs_backward_through_points(arr, X, P, n, normalize)
-             : pairs_backward_through_gram(arr, arr.grad_coef_table(P), X, P, n);
+             ? pairs_backward_through_points(arr, X, P)
+             : pairs_backward_through_gram(arr, arr.grad_coef_table(P), X, P);
   });
   return dX.to(X_.scalar_type());
 }

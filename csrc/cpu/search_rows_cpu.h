@@ -21,8 +21,8 @@ namespace ee {
 
 // The pairs in block layout, built once per call (straight from X: the row path needs no (P, T) coefficient
 // table) and shared by every row: block b holds pairs q = b*V .. b*V+V-1, one per lane. Padded lanes
-// (q >= P) read row 0 and have ||a||^2 = +inf, so that they never win. Each of the two arrays is one
-// allocation, which the allocator maps fresh and returns whole when the search ends.
+// (q >= P) read row 0 and have ||a||^2 = +inf, so that they never win. Two allocations in all: the
+// coefficient lanes and the endpoint/label lanes.
 template <typename acc_t>
 struct PairBlocks {
   static constexpr int V = Lanes<acc_t>::kWidth;
@@ -51,12 +51,12 @@ struct PairBlocks {
     acc_t* c = coefs.data();
     int64_t* e = ends.data();
     for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t q, const acc_t* norm) {
-      const int64_t lane = (q / V) * V * T + q % V;
       for (int64_t r = 0; r < T; ++r) {
         const PointCoef<acc_t> pc = point_coef_of_norm(norm[r], r, n, normalize);
-        c[lane + r * V] = pc.alpha;
-        c[cells + lane + r * V] = pc.beta;
-        c[2 * cells + lane + r * V] = pc.sqnorm;
+        const int64_t at = cell(q, r);
+        c[at] = pc.alpha;
+        c[cells + at] = pc.beta;
+        c[2 * cells + at] = pc.sqnorm;
       }
       e[q] = pr[2 * q];
       e[lanes + q] = pr[2 * q + 1];
@@ -67,9 +67,12 @@ struct PairBlocks {
   PairBlocks(const PairBlocks&) = delete;  // alpha .. label point into its own arrays
   PairBlocks& operator=(const PairBlocks&) = delete;
 
+  // Where point r of pair q sits in each coefficient array: block q / V, row r, lane q % V.
+  int64_t cell(int64_t q, int64_t r) const { return ((q / V) * T + r) * V + q % V; }
+
   // Point r of pair q, as the search reads it (alpha, beta, sqnorm; not unorm, which it does not use).
   PointCoef<acc_t> point(int64_t q, int64_t r) const {
-    const int64_t at = (q / V) * V * T + q % V + r * V;
+    const int64_t at = cell(q, r);
     return PointCoef<acc_t>{alpha[at], beta[at], sqnorm[at], acc_t(0)};
   }
 };
