@@ -1,4 +1,4 @@
-"""Fused vs reference timings of the losses of ``ee_cuda.losses`` (spec §5) on the spec §8 workloads.
+"""Fused vs reference timings of the losses of ``ee_cuda.losses`` (docs/design.md §9) on the workloads of docs/design.md §12.
 
 HPHN triplet (adjacent layout, against the port of the official loss) and the four pair losses
 (all positive pairs, against the same module over the reference ops), forward and forward+backward.

@@ -1,4 +1,4 @@
-"""Fused vs reference timings of the ops (and the ``X @ X.T`` floor): spec §8 workloads and n / B sweeps.
+"""Fused vs reference timings of the ops (and the ``X @ X.T`` floor): the workloads of docs/design.md §12 and n / B sweeps.
 
 The core comparison of the project: ``hard_negative_points`` and ``hard_negative_pairs``, forward and
 forward+backward, fused kernels vs the pure-PyTorch reference (eager and ``torch.compile``), with the

@@ -5,7 +5,7 @@ stand-alone GPU benchmark ``bench/gpu_bench.py``. Nothing here depends on pytest
 
 Vocabulary
 ----------
-* **config**: one batch shape (spec §8 workloads W1, W1b, W2, W3, or a point of the n / B sweeps):
+* **config**: one batch shape (docs/design.md §12: workloads W1, W1b, W2, W3, or a point of the n / B sweeps):
   ``B = classes × per_class``, ``D``, ``n``, and the positive-pair layout ``pairs`` ("adjacent" / "all").
 * **target**: what is timed. The ops ``hard_negative_points`` / ``hard_negative_pairs`` (on the pairs of
   the config), the losses of ``ee_cuda.losses`` (HPHN uses the adjacent layout itself, the pair losses
@@ -13,9 +13,9 @@ Vocabulary
 * **impl**: ``fused`` (the compiled extension), ``eager`` (the plain pure-PyTorch reference: materialized
   augmented points and the full distance matrix) and ``compiled`` (that same reference under
   ``torch.compile``). For the ops the reference is ``ee_cuda.reference``. For HPHN it is the port of the
-  official loss, ``ee_cuda.reference_losses.hphn_triplet``. For the pair losses it is the same loss module
+  official loss, ``ee_cuda.reference.losses.hphn_triplet``. For the pair losses it is the same loss module
   run with ``ee_cuda.use_backend("reference")``: loss formulas over the reference ops (materialized points,
-  ``torch.cdist`` distance matrix). ``ee_cuda.reference_losses``' pair losses, the test oracle, use the
+  ``torch.cdist`` distance matrix). ``ee_cuda.reference.losses``' pair losses, the test oracle, use the
   loop-based ``cdist`` (no matrix-product shortcut) plus a full dot-product matrix and take minutes on W1
   already, so they are not a fair baseline; the baseline used is the faster of the two plain forms.
 * **mode**: ``fwd`` (inference: the input does not require grad) or ``fwdbwd`` (forward and backward of
@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ TARGETS = OPS + LOSSES + ("gram",)
 IMPLS = ("fused", "eager", "compiled")
 MODES = ("fwdbwd", "fwd")   # run order: the fused forward+backward result is what later cases are checked against
 
-# Spec §8. pairs: the layouts the ops are timed on for that workload.
+# docs/design.md §12. pairs: the layouts the ops are timed on for that workload.
 WORKLOADS = {
     "W1": dict(B=128, D=512, n=2, classes=4, per_class=32, pairs=("adjacent", "all"), devices=("cpu", "cuda")),
     "W1b": dict(B=128, D=512, n=2, classes=64, per_class=2, pairs=("adjacent",), devices=("cpu", "cuda")),
@@ -135,7 +136,7 @@ def targets_for(cfg: Config):
 # ------------------------------------------------------------------------------------------------
 
 def make_inputs(cfg: Config, device="cpu", dtype=torch.float32, seed=0):
-    """Rows L2-normalized random normal (spec §8); labels ``classes × per_class`` in the adjacent layout."""
+    """Rows L2-normalized random normal (docs/design.md §12); labels ``classes × per_class`` in the adjacent layout."""
     g = torch.Generator().manual_seed(seed + 1000 * cfg.B + cfg.D + 7 * cfg.n)
     X = F.normalize(torch.randn(cfg.B, cfg.D, generator=g, dtype=torch.float64), dim=1).to(dtype)
     labels = torch.arange(cfg.classes).repeat_interleave(cfg.per_class)
@@ -192,7 +193,8 @@ def build_fn(cfg: Config, target: str, impl: str, labels, pairs):
             ref = torch.compile(ref, dynamic=False)
         return lambda X: ref(X, pairs, labels, n)
     # losses
-    from ee_cuda import losses, reference_losses
+    from ee_cuda import losses
+    from ee_cuda.reference import losses as reference_losses
     if impl == "fused":
         mod, be = getattr(losses, target)(n_inner_pts=n), fused_backend()
 
@@ -460,15 +462,29 @@ class CudaMeter:
 # Machine description
 # ------------------------------------------------------------------------------------------------
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable_paths(text: str) -> str:
+    """``text`` with absolute paths inside the repository made relative to it and any other absolute path
+    cut to ``…/<last component>``: what a committed report records names no path outside the repository."""
+    def relative(match):
+        path = match.group(0)
+        if path == REPO_ROOT or path.startswith(REPO_ROOT + os.sep):
+            return os.path.relpath(path, REPO_ROOT) + (os.sep if path.endswith(os.sep) else "")
+        return "…/" + os.path.basename(path.rstrip(os.sep))
+    return re.sub(r"(?<![\w.…])/[^\s=:,'\"]+", relative, text)
+
+
 def machine_info(device="cpu"):
     import ee_cuda
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "ee_cuda_build_info": ee_cuda.build_info(),
-            "fused_backend": fused_backend(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+            "fused_backend": fused_backend(), "command": portable_paths(" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     pkg = os.path.dirname(os.path.abspath(ee_cuda.__file__))
-    info["ee_cuda_path"] = pkg
+    info["ee_cuda_path"] = portable_paths(pkg)
     libs = [f for f in os.listdir(pkg) if f.startswith("_C") and f.endswith((".so", ".pyd"))]
     if libs:
         info["ee_cuda_lib_mtime_utc"] = time.strftime("%Y-%m-%d %H:%M:%S",

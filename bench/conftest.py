@@ -60,7 +60,7 @@ def pytest_addoption(parser):
     g.addoption("--bench-max-gib", type=float, default=6.0,
                 help="skip reference cases whose memory is predicted larger (GiB); the machine has 24")
     g.addoption("--bench-quick", action="store_true", help="tiny shapes, to smoke-test the harness")
-    g.addoption("--bench-workloads", default="W1,W1b,W2", help="comma-separated spec §8 workloads")
+    g.addoption("--bench-workloads", default="W1,W1b,W2", help="comma-separated workloads (docs/design.md §12)")
     g.addoption("--bench-no-sweeps", action="store_true", help="only the workloads, no n / B sweeps")
     g.addoption("--bench-impls", default="fused,eager,compiled", help="comma-separated implementations")
     g.addoption("--bench-threads", type=int, default=1,
@@ -166,7 +166,7 @@ def _write_cases(config):
                                                        "bench_max_gib", "bench_quick", "bench_workloads",
                                                        "bench_no_sweeps", "bench_impls", "bench_threads")},
            "cases": records}
-    out["machine"]["command"] = "pytest " + " ".join(str(a) for a in config.invocation_params.args)
+    out["machine"]["command"] = bl.portable_paths("pytest " + " ".join(str(a) for a in config.invocation_params.args))
     out["machine"].update(_STATE.get("git_start", {}))
     out["machine"]["loadavg_start"] = [round(x, 2) for x in _STATE.get("load_start", ())]
     out["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -1,4 +1,4 @@
-"""Stand-alone GPU benchmark of ee_cuda (no pytest): spec §8 W1, W1b, W2, W3 on CUDA.
+"""Stand-alone GPU benchmark of ee_cuda (no pytest): docs/design.md §12: W1, W1b, W2, W3 on CUDA.
 
     python bench/gpu_bench.py [--device cuda] [--workloads W1,W1b,W2,W3] [--losses] [--budget-s 240]
                               [--json PATH] [--quick]

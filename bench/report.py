@@ -432,9 +432,9 @@ def main(argv=None):
     if args.note:
         lines += [args.note, ""]
     lines += [
-        f"Fused kernels of `ee_cuda` against the plain pure-PyTorch reference (materialized augmented points and "
-        f"the full distance matrix), eager and under `torch.compile`, on the workloads of spec §8 and sweeps of "
-        f"`n` and `B`. All numbers below come from one run:",
+        "Fused kernels of `ee_cuda` against the plain pure-PyTorch reference (materialized augmented points and "
+        "the full distance matrix), eager and under `torch.compile`, on the workloads of "
+        "[design §12](design.md#12-benchmark-workloads) and sweeps of `n` and `B`. All numbers below come from one run:",
         "",
         "```",
         f"{m.get('command')}",
@@ -454,8 +454,8 @@ def main(argv=None):
         + ", "
         f"build_info `cpu={info.get('cpu')}, cuda={info.get('cuda')}`, library built {m.get('ee_cuda_lib_mtime_utc')} "
         f"UTC; fused backend forced: `{m.get('fused_backend')}`."
-        + ("" if not m.get("ee_cuda_path") or os.path.dirname(m["ee_cuda_path"]) == ROOT else
-           f" The package was imported from a copy of the working tree (`{m.get('ee_cuda_path')}`, via `PYTHONPATH`), "
+        + ("" if m.get("ee_cuda_path", "ee_cuda") == "ee_cuda" else
+           " The package was imported from a copy of the working tree outside the repository (via `PYTHONPATH`), "
            "so that a rebuild during the run could not replace the library under it."),
         f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {n_skip} skipped "
         f"(listed at the end, with the reason). Targets met: {sum(1 for v in met if v)} of {len(met)} checked.",
@@ -470,7 +470,7 @@ def main(argv=None):
         "",
         tgt_table,
         "",
-        "## Forward + backward (spec §8 workloads)",
+        "## Forward + backward (workloads of design §12)",
         "",
         fb_table,
         "",
@@ -511,10 +511,10 @@ def main(argv=None):
         "",
         "- **Implementations.** *fused*: `ee_cuda.<op>(..., backend=\"fused\")` and the `ee_cuda.losses` modules "
         "under `use_backend(\"fused\")`. *eager reference*: `ee_cuda.reference.<op>` for the ops; for HPHN the "
-        "port of the official loss (`ee_cuda.reference_losses.hphn_triplet`: `embedding_aug` rows and their full "
+        "port of the official loss (`ee_cuda.reference.losses.hphn_triplet`: `embedding_aug` rows and their full "
         "distance matrix); for the pair losses the same `ee_cuda.losses` module under `use_backend(\"reference\")` "
         "(loss formulas over the reference ops: materialized points, `torch.cdist`). The test oracle "
-        "`ee_cuda.reference_losses.<pair loss>` (loop-based `cdist` plus a full dot-product matrix) is slower "
+        "`ee_cuda.reference.losses.<pair loss>` (loop-based `cdist` plus a full dot-product matrix) is slower "
         "still — minutes per call on W1 with all pairs — so the faster plain form is the baseline. *compiled*: "
         "the eager reference wrapped in `torch.compile(dynamic=False)`; compilation happens in the untimed "
         "first call.",

@@ -1,6 +1,6 @@
 """ee_cuda: Embedding Expansion (Ko & Gu, CVPR 2020) as fused PyTorch ops.
 
-Public API (spec §3): ``expand``, ``hard_negative_pairs``, ``hard_negative_points``, ``positive_pairs``,
+Public API (docs/design.md §3): ``expand``, ``hard_negative_pairs``, ``hard_negative_points``, ``positive_pairs``,
 ``embedding_aug``, ``build_info``; ``use_backend`` to force the fused kernels or the pure-PyTorch
 ``ee_cuda.reference``.
 """
@@ -15,13 +15,13 @@ from .ops import embedding_aug, expand, hard_negative_pairs, hard_negative_point
 if _C is not None:
     from . import _registration  # noqa: F401  (fake kernels and autograd of torch.ops.ee_cuda.*)
 
-from . import distributed, losses, metrics, reference_losses  # noqa: E402  (built on the ops above)
+from . import distributed, losses, metrics  # noqa: E402  (built on the ops above)
 from .losses import (HPHNTripletLoss, LiftedStructureLoss, MultiSimilarityLoss, NPairLoss,  # noqa: E402
                      TripletLoss)
 
 __version__ = "0.1.0"
 __all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pairs", "embedding_aug",
-           "build_info", "use_backend", "reference", "losses", "reference_losses", "distributed", "metrics",
+           "build_info", "use_backend", "reference", "losses", "distributed", "metrics",
            "HPHNTripletLoss", "TripletLoss", "LiftedStructureLoss", "NPairLoss", "MultiSimilarityLoss"]
 
 

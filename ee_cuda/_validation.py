@@ -1,4 +1,4 @@
-"""Argument checks shared by the fused ops and the reference (spec §9).
+"""Argument checks shared by the fused ops and the reference (docs/design.md §8).
 
 Every public op validates here, before any kernel runs, and raises a ``TypeError`` or ``ValueError``
 naming the argument. Checks that need the values of a tensor (pair indices in range, pair labels equal)
@@ -77,3 +77,29 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
             raise ValueError(
                 f"{name} row {bad} = ({i}, {j}) is not a positive pair: "
                 f"labels[{i}]={labels[i].item()} != labels[{j}]={labels[j].item()}")
+
+
+def check_adjacent_labels(labels: torch.Tensor) -> None:
+    """Rows ``2k`` and ``2k+1`` share a label (the official sampler's layout); ``labels`` has even length."""
+    if labels.shape[0] == 0 or torch.compiler.is_compiling():
+        return
+    pairs = labels.view(-1, 2)
+    differ = pairs[:, 0] != pairs[:, 1]
+    if bool(differ.any()):
+        k = differ.nonzero()[0, 0].item()
+        raise ValueError(
+            f"labels: rows {2 * k} and {2 * k + 1} form an adjacent pair but have different labels "
+            f"({labels[2 * k].item()} != {labels[2 * k + 1].item()})")
+
+
+def check_embedding_aug_args(X, labels, num_instance, n_inner_pts) -> int:
+    """The arguments of ``embedding_aug``; returns ``n_inner_pts`` as an int."""
+    check_embeddings(X, "embeddings")
+    n = check_n_inner(n_inner_pts, "n_inner_pts")
+    check_labels(labels, X.shape[0], X.device)
+    if isinstance(num_instance, bool) or not isinstance(num_instance, int) or num_instance <= 0 or num_instance % 2:
+        raise ValueError(f"num_instance must be a positive even int (as upstream asserts), got {num_instance!r}")
+    if X.shape[0] % 2:
+        raise ValueError(f"embeddings must have an even number of rows (adjacent pairs), got B={X.shape[0]}")
+    check_adjacent_labels(labels)
+    return n

@@ -1,9 +1,9 @@
-"""Metric-learning losses with Embedding Expansion (spec §5), built on the public fused ops.
+"""Metric-learning losses with Embedding Expansion (docs/design.md §9), built on the public fused ops.
 
 Every loss is an ``nn.Module`` called as ``loss(embeddings, labels)`` (optionally ``pairs=``) that returns
 a scalar, or the per-item vector with ``reduction="none"``. ``n_inner_pts`` is the number ``n`` of synthetic
 points per positive pair (``0`` = the plain loss, no EE) and ``l2_norm`` projects the synthetic points onto
-the unit sphere (spec §2; the paper's "L2 normalization", ``False`` is its ablation). The embeddings
+the unit sphere (docs/design.md §2; the paper's "L2 normalization", ``False`` is its ablation). The embeddings
 themselves are used as given: normalize them in the model (as the official code does) if you want the
 paper's setup.
 
@@ -13,17 +13,17 @@ Usage::
     loss = loss_fn(F.normalize(model(images), dim=1), labels)               # pairs: all same-label pairs
     hphn = ee_cuda.losses.HPHNTripletLoss(margin=0.2, n_inner_pts=2)        # batches in the adjacent layout
 
-Notation (spec §1, §5): for a positive pair ``p = (i, j)``, ``d_p = ||x_i - x_j||`` and
+Notation (docs/design.md §1, §9): for a positive pair ``p = (i, j)``, ``d_p = ||x_i - x_j||`` and
 ``s_p = <x_i, x_j>``; for a pair ``q`` of another label, ``d̂_pq`` is the distance of the hardest negative
 pair between the augmented sets of ``p`` and ``q`` (``ee_cuda.hard_negative_pairs``: the minimum over the
 ``T² = (n+2)²`` point pairs), ``ŝ_pq`` the dot product of that same pair of points; ``N(p)`` is the set of
 pairs of other labels. The paper (Ko & Gu, CVPR 2020, Sec. 3: synthetic point generation, hard negative
 pair mining, and the four losses with EE) replaces each negative term of a loss by the hardest of the
-``T²`` negative point pairs between two augmented sets. The formulas below are spec §5's, which pins the
-paper's down (its equations are cited by section here, not by number); where the spec or the paper
-leave a choice, the docstring says "package choice".
+``T²`` negative point pairs between two augmented sets. The formulas below are those of docs/design.md §9,
+which pins the paper's down (its equations are cited by section here, not by number); where the paper
+leaves a choice, the docstring says "package choice".
 
-Choices the spec leaves open, made here (and tested in ``tests/test_losses.py``):
+Choices the paper leaves open, made here (and tested in ``tests/test_losses.py``):
 
 * **Pairs without negatives.** A pair with no negative contributes exactly 0 and its gradient is 0
   (never NaN/inf). ``N(p)`` is empty only when every positive pair of the batch has ``p``'s label, i.e.
@@ -36,7 +36,7 @@ Choices the spec leaves open, made here (and tested in ``tests/test_losses.py``)
 * **ŝ without points.** The dot product of the selected pair is computed as
   ``ŝ_pq = (|a|² + |b|² - d̂_pq²) / 2`` with ``a = a(p, t*)``, ``b = a(q, r*)`` the pair chosen by
   ``hard_negative_pairs`` (its ``index``). The squared norms of all ``P×T`` augmented points come from
-  ``|x_i|², |x_j|², s_p`` (spec §4: ``|u|² = ((n+1-t)²|x_i|² + 2t(n+1-t)s_p + t²|x_j|²)/(n+1)²``, and a
+  ``|x_i|², |x_j|², s_p`` (docs/design.md §4: ``|u|² = ((n+1-t)²|x_i|² + 2t(n+1-t)s_p + t²|x_j|²)/(n+1)²``, and a
   normalized point has norm ``|u| / max(|u|, 1e-12)``), so no synthetic point is ever materialized and the
   gradient flows through ``d̂`` (the fused op) and the norms. This is the identity
   ``<a, b> = (|a|² + |b|² - |a - b|²)/2``, exact up to rounding (absolute error ``~eps·(|a|²+|b|²)``).
@@ -45,7 +45,7 @@ Choices the spec leaves open, made here (and tested in ``tests/test_losses.py``)
 (``loss(X, labels, pairs)``; ``HPHNTripletLoss`` needs none); building them from the labels
 (``positive_pairs(labels, "all")``) has a data-dependent size and costs one graph break.
 
-``ee_cuda.reference_losses`` holds a pure-PyTorch twin of every loss that materializes all augmented
+``ee_cuda.reference.losses`` holds a pure-PyTorch twin of every loss that materializes all augmented
 points and the full distance and dot-product matrices (the test oracle).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ __all__ = ["HPHNTripletLoss", "TripletLoss", "LiftedStructureLoss", "NPairLoss",
            "EELoss", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum", "none")
-EPS = 1e-12  # spec §1
+EPS = 1e-12  # docs/design.md §1
 _PAIR_MODES = ("all", "adjacent")
 
 
@@ -144,7 +144,7 @@ class HPHNTripletLoss(EELoss):
     ``HPHNTripletLoss(margin=0.2, soft_margin=False, n_inner_pts=0, l2_norm=True, reduction="mean")``
 
     Reproduces ``loss/hphn_triplet.py`` of clovaai/embedding-expansion (with ``get_embedding_aug``) for the
-    same inputs, per anchor (spec §5). The anchors are the ``B`` original rows; with
+    same inputs, per anchor (docs/design.md §9). The anchors are the ``B`` original rows; with
     ``dist(a, b) = sqrt(clamp(|a|² + |b|² - 2<a,b>, 1e-12, 1e12))``:
 
     * ``d_ap(i) = max_{j: y_j = y_i} dist(x_i, x_j)`` over the originals (``j = i`` included, as upstream:
@@ -168,7 +168,7 @@ class HPHNTripletLoss(EELoss):
     and ``d_an(2k) = min_{t<=n} dist[k, t]``, ``d_an(2k+1) = min_{t>=1} dist[k, t]`` (clamped to
     ``[1e-6, 1e6]``). No ``(n+1)B × (n+1)B`` matrix exists.
 
-    Where the package chose (spec §5 overrides upstream): an anchor with no negative (a batch of one class)
+    Where the package chose (docs/design.md §9 overrides upstream): an anchor with no negative (a batch of one class)
     contributes 0; upstream falls back to the row maximum and yields ``relu(d_ap - max_row + margin)``.
     ``num_instances`` of upstream is not needed (the adjacent layout is checked instead).
     ``reduction="mean"`` averages over the ``B`` anchors (upstream returns the per-anchor vector, which
@@ -246,7 +246,7 @@ class _PairStats:
 
     @staticmethod
     def _point_sq_norms(ni, nj, s, n, normalize):
-        """``|a(p, t)|²`` for all ``p`` and ``t = 0..n+1`` from ``|x_i|², |x_j|², <x_i, x_j>`` (spec §4)."""
+        """``|a(p, t)|²`` for all ``p`` and ``t = 0..n+1`` from ``|x_i|², |x_j|², <x_i, x_j>`` (docs/design.md §4)."""
         if n == 0:
             return torch.stack([ni, nj], dim=1)
         w = torch.arange(1, n + 1, device=ni.device, dtype=ni.dtype) / (n + 1)
@@ -302,14 +302,14 @@ class _PairLoss(EELoss):
 
 
 class TripletLoss(_PairLoss):
-    r"""Triplet loss with EE hard negative pair mining (spec §5; the paper's triplet loss with EE, Sec. 3,
+    r"""Triplet loss with EE hard negative pair mining (docs/design.md §9; the paper's triplet loss with EE, Sec. 3,
     on Schroff et al. 2015).
 
     ``TripletLoss(margin=0.2, n_inner_pts=0, l2_norm=True, reduction="mean", pairs="all")``
 
     Per positive pair ``p = (i, j)``: ``L_p = relu(d_p - min_{q in N(p)} d̂_pq + margin)`` with
     ``d̂_pq = min_{t, r} ||a(p, t) - a(q, r)||`` (``hard_negative_pairs``). ``reduction="mean"`` is
-    ``(1/|P|) Σ_p L_p``. ``pairs``: ``"all"`` same-label pairs (default, spec) or ``"adjacent"``
+    ``(1/|P|) Σ_p L_p``. ``pairs``: ``"all"`` same-label pairs (default) or ``"adjacent"``
     ``(2k, 2k+1)``; ``forward(..., pairs=)`` takes explicit pairs. A pair without a negative gives 0.
 
     At ``n_inner_pts=0``, ``min_q d̂_pq = min(h_i, h_j)`` where ``h_i`` is the distance from ``x_i`` to its
@@ -334,13 +334,13 @@ class TripletLoss(_PairLoss):
 
 
 class LiftedStructureLoss(_PairLoss):
-    r"""Lifted structured loss with EE hard negative pair mining (spec §5; the paper's lifted structure
+    r"""Lifted structured loss with EE hard negative pair mining (docs/design.md §9; the paper's lifted structure
     loss with EE, Sec. 3, on Song et al. 2016).
 
     ``LiftedStructureLoss(margin=1.0, n_inner_pts=0, l2_norm=True, reduction="mean", pairs="all")``
 
     Per positive pair: ``J_p = d_p + log Σ_{q in N(p)} exp(margin - d̂_pq)`` (log-sum-exp taken stably),
-    item loss ``L_p = relu(J_p)² / 2`` so that ``reduction="mean"`` is the spec's
+    item loss ``L_p = relu(J_p)² / 2`` so that ``reduction="mean"`` is
     ``1/(2|P|) Σ_p relu(J_p)²`` (Song et al. 2016's ``1/(2|P|)`` normalization); ``"sum"`` is
     ``Σ_p relu(J_p)²/2``. A pair without a negative gives 0 (``log Σ ∅ = -inf``).
 
@@ -362,7 +362,7 @@ class LiftedStructureLoss(_PairLoss):
 
 
 class NPairLoss(_PairLoss):
-    r"""N-pair loss with EE hard negative pair mining (spec §5; the paper's N-pair loss with EE, Sec. 3,
+    r"""N-pair loss with EE hard negative pair mining (docs/design.md §9; the paper's N-pair loss with EE, Sec. 3,
     on Sohn 2016).
 
     ``NPairLoss(n_inner_pts=0, l2_norm=True, reduction="mean", pairs="all")``
@@ -390,7 +390,7 @@ class NPairLoss(_PairLoss):
 
 
 class MultiSimilarityLoss(_PairLoss):
-    r"""Multi-similarity loss with EE hard negative pair mining (spec §5; the paper's MS loss with EE,
+    r"""Multi-similarity loss with EE hard negative pair mining (docs/design.md §9; the paper's MS loss with EE,
     Sec. 3, on Wang et al. 2019).
 
     ``MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5, n_inner_pts=0, l2_norm=True, reduction="mean",
@@ -399,7 +399,7 @@ class MultiSimilarityLoss(_PairLoss):
     Per positive pair: ``L_p = (1/alpha) log(1 + exp(-alpha (s_p - base)))
     + (1/beta) log(1 + Σ_{q in N(p)} exp(beta (ŝ_pq - base)))`` (Wang et al. 2019's weighting, without
     its pair-mining step; both terms computed stably). Package choice: a pair without a negative
-    contributes 0 *including* its positive term (spec §5's rule; that happens only in a batch where all
+    contributes 0 *including* its positive term (docs/design.md §9's rule; that happens only in a batch where all
     pairs share one label).
 
     Difference from Wang et al. / PML ``MultiSimilarityLoss``: those are per anchor with a sum over all its

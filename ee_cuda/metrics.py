@@ -1,4 +1,4 @@
-"""Retrieval and clustering metrics as the paper evaluates them (spec §6).
+"""Retrieval and clustering metrics as the paper evaluates them (docs/design.md §10).
 
 - ``recall_at_k``: share of queries whose ``k`` nearest *other* samples (Euclidean) include one of the
   same label. Computed in chunks of queries on the embeddings' device, so no ``N x N`` matrix is ever
@@ -9,6 +9,10 @@
 - ``pairwise_f1``: F1 of "same cluster" as a predictor of "same class" over all unordered sample pairs.
 - ``cluster``: scikit-learn k-means (no faiss needed).
 - ``evaluate``: all of them at once, with ``k`` = number of classes for the clustering.
+
+``recall_at_k``, ``nmi`` and ``pairwise_f1`` need only torch and numpy; ``cluster`` and ``evaluate`` need
+scikit-learn, the optional extra ``repro`` (``pip install "ee_cuda[repro]"``), and raise an ``ImportError``
+that says so without it.
 """
 from __future__ import annotations
 
@@ -176,8 +180,12 @@ def cluster(embeddings, k: int, seed: int = 0, n_init: int = 3, threads: int | N
     ``threads`` caps the BLAS/OpenMP threads k-means uses (default 1: on a busy machine, oversubscribed
     OpenMP is tens of times slower); ``None`` leaves scikit-learn's default.
     """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
+    try:
+        from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        raise ImportError('ee_cuda.metrics.cluster needs scikit-learn, the optional extra "repro": '
+                          'pip install "ee_cuda[repro]" (or pip install scikit-learn)') from exc
 
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.detach().float().cpu().numpy()

@@ -1,4 +1,4 @@
-"""The public ops of spec §3: validated, then run by the fused kernels or by the reference.
+"""The public ops (docs/design.md §3): validated, then run by the fused kernels or by the reference.
 
 Each op takes ``backend=None | "auto" | "fused" | "reference"`` (see ``ee_cuda._backend``).
 The fused ops are registered as ``torch.ops.ee_cuda.*`` with fake (meta) kernels and autograd in
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from .reference import ops as reference
 from ._backend import use_fused
-from ._validation import check_embeddings, check_labels, check_n_inner, check_pairs
-from .reference import check_embedding_aug_args, positive_pairs
+from ._validation import check_embedding_aug_args, check_embeddings, check_labels, check_n_inner, check_pairs
+from .pairs import positive_pairs
 
 __all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pairs", "embedding_aug"]
 
@@ -24,7 +24,7 @@ def _checked_by_kernel(fused: bool, X: torch.Tensor) -> bool:
 
 def expand(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool = True, *,
            backend: str | None = None) -> torch.Tensor:
-    """Synthetic points of every positive pair (spec §2): ``(P, n_inner, D)``.
+    """Synthetic points of every positive pair (docs/design.md §2): ``(P, n_inner, D)``.
 
     ``out[p, t-1] = u / max(||u||, 1e-12)`` (or ``u`` when ``normalize=False``) with
     ``u = ((n+1-t) X[i] + t X[j]) / (n+1)`` for pair ``p = (i, j)``, ``t = 1..n``. Differentiable in ``X``.
@@ -41,13 +41,13 @@ def expand(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool =
 
 def hard_negative_pairs(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tensor, n_inner: int,
                         normalize: bool = True, *, backend: str | None = None):
-    """Hardest negative pair between the augmented sets of every two positive pairs (spec §3).
+    """Hardest negative pair between the augmented sets of every two positive pairs (docs/design.md §3).
 
     Returns ``dist (P, P)`` in ``X``'s dtype and ``index (P, P, 2)`` int64:
     ``dist[p, q] = min_{t, r} ||a(p,t) - a(q,r)||`` for pairs of different labels with ``index[p, q]``
     its ``(t, r)`` (ties: smallest ``t*T + r``); ``+inf`` / ``(-1, -1)`` for same-label pairs.
     The fused kernel never materializes the augmented points: one ``X Xᵀ`` product, then a scan of the
-    pair grid over Gram entries (spec §4). Gradients flow to ``X`` through the selected points.
+    pair grid over Gram entries (docs/design.md §4). Gradients flow to ``X`` through the selected points.
     """
     check_embeddings(X)
     n_inner = check_n_inner(n_inner)
@@ -61,7 +61,7 @@ def hard_negative_pairs(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tens
 
 def hard_negative_points(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tensor, n_inner: int,
                          normalize: bool = True, *, backend: str | None = None):
-    """Hardest negative of every augmented point (spec §3).
+    """Hardest negative of every augmented point (docs/design.md §3).
 
     Returns ``dist (P, T)`` and ``index (P, T, 2)`` int64 with ``T = n_inner + 2``:
     ``dist[p, t] = min_{q of another label, r} ||a(p,t) - a(q,r)||`` and ``index[p, t] = (q, r)``

@@ -39,7 +39,7 @@ def device(request):
 def make_batch(classes: int, per_class: int, D: int, *, device="cpu", dtype=torch.float64, normalize_rows=True,
                generator=None, shuffle=False):
     """Embeddings (classes*per_class, D) and labels in the adjacent layout (rows 2k, 2k+1 share a label
-    when per_class is even); rows L2-normalized by default, as in spec §8."""
+    when per_class is even); rows L2-normalized by default, as in docs/design.md §12."""
     B = classes * per_class
     X = torch.randn(B, D, dtype=torch.float64, generator=generator)
     if normalize_rows:

@@ -1,4 +1,4 @@
-"""Spec §9: bad input raises a TypeError/ValueError naming the argument, before any kernel runs."""
+"""Bad input (docs/design.md §8): raises a TypeError/ValueError naming the argument, before any kernel runs."""
 from __future__ import annotations
 
 import pytest

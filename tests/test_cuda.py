@@ -1,4 +1,4 @@
-"""CUDA-only checks (skipped without a GPU): a spec §8 W3-sized case against the reference in chunks,
+"""CUDA-only checks (skipped without a GPU): a W3-sized case (docs/design.md §12) against the reference in chunks,
 inputs on a non-default device, and the launch count of one op call."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ee_cuda.losses against the materialized twins of ee_cuda.reference_losses (spec §5).
+"""ee_cuda.losses against the materialized twins of ee_cuda.reference.losses (docs/design.md §9).
 
 Every test draws fresh random inputs (the seed is in the failure message). float64 comparisons use small
 batches; gradcheck runs on tiny inputs only.
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import ee_cuda
 from ee_cuda import losses as L
-from ee_cuda import reference_losses as R
+from ee_cuda.reference import losses as R
 from conftest import fresh_seed
 
 LOSSES = ["hphn", "triplet", "lifted", "npair", "ms"]
@@ -210,7 +210,7 @@ def test_ms_positive_term_exact_beyond_softplus_threshold():
 
 
 def test_hphn_single_class_deviation_from_official():
-    """Package rule (spec §5): an anchor without a negative contributes 0; upstream's fallback to the row
+    """Package rule (docs/design.md §9): an anchor without a negative contributes 0; upstream's fallback to the row
     maximum gives relu(d_ap - max_row + margin) > 0 instead."""
     fresh_seed()
     X = torch.randn(8, 8, dtype=torch.float64, requires_grad=True)

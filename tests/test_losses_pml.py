@@ -60,16 +60,22 @@ def _value_grad(fn, X, y):
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ALL)
-def test_adapter_is_a_pml_loss_and_mean_reducer_matches(name):
+@pytest.mark.parametrize("normalize", [True, False])
+def test_adapter_is_a_pml_loss_and_mean_reducer_matches(name, normalize):
+    """With PML's default distance (LpDistance, normalize_embeddings=True) the loss sees L2-normalized
+    embeddings, as every PML loss does; with normalize_embeddings=False it sees them as given."""
     seed = fresh_seed()
     X, y = _batch()
     ee = _make(name)
-    wrapped = EEPMLLoss(ee)
+    wrapped = EEPMLLoss(ee) if normalize else EEPMLLoss(ee, distance=_lp())
     assert isinstance(wrapped, pml_losses.BaseMetricLossFunction)
     a, ga = _value_grad(wrapped, X, y)
-    b, gb = _value_grad(ee, X, y)
+    b, gb = _value_grad((lambda Z, t: ee(torch.nn.functional.normalize(Z, dim=1), t)) if normalize else ee, X, y)
     torch.testing.assert_close(a, b, msg=lambda m: f"seed={seed}: {m}")
     torch.testing.assert_close(ga, gb, msg=lambda m: f"seed={seed}: {m}")
+    if normalize:  # the batch is far from the unit sphere: normalizing changes the loss
+        c, _ = _value_grad(ee, X, y)
+        assert not torch.allclose(a, c), f"seed={seed}"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -81,11 +87,11 @@ def test_adapter_reducers(name):
     per, items = ee.per_item(X, y)
     per = per.detach()
     nz = per[per > 0]
-    avg = EEPMLLoss(ee, reducer=reducers.AvgNonZeroReducer())(X, y)
+    avg = EEPMLLoss(ee, reducer=reducers.AvgNonZeroReducer(), distance=_lp())(X, y)
     torch.testing.assert_close(avg.detach(), nz.mean() if nz.numel() else per.sum(), msg=lambda m: f"seed={seed}: {m}")
-    s = EEPMLLoss(ee, reducer=reducers.SumReducer())(X, y)
+    s = EEPMLLoss(ee, reducer=reducers.SumReducer(), distance=_lp())(X, y)
     torch.testing.assert_close(s.detach(), per.sum())
-    d = EEPMLLoss(ee, reducer=reducers.DoNothingReducer())(X, y)["loss"]
+    d = EEPMLLoss(ee, reducer=reducers.DoNothingReducer(), distance=_lp())(X, y)["loss"]
     torch.testing.assert_close(d["losses"].detach(), per)
     if name == "hphn":
         assert d["reduction_type"] == "element" and torch.equal(d["indices"], torch.arange(X.shape[0]))
@@ -106,6 +112,19 @@ def test_adapter_rejects_miners_and_ref_emb_and_handles_no_pairs():
         EEPMLLoss(pml_losses.TripletMarginLoss())
     out, g = _value_grad(wrapped, X, torch.arange(X.shape[0]))  # no positive pairs
     assert out.item() == 0.0 and torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("distance", [
+    distances.CosineSimilarity(), distances.DotProductSimilarity(), distances.LpDistance(p=1),
+    distances.LpDistance(power=2), distances.SNRDistance()], ids=lambda d: repr(d))
+def test_adapter_rejects_non_euclidean_distances(distance):
+    with pytest.raises(ValueError, match="Euclidean"):
+        EEPMLLoss(_make("triplet"), distance=distance)
+    wrapped = EEPMLLoss(_make("triplet"))
+    wrapped.distance = distance  # set after construction: checked again when called
+    X, y = _batch()
+    with pytest.raises(ValueError, match="LpDistance\\(p=2, power=1\\)"):
+        wrapped(X, y)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +205,7 @@ def _worker(rank, init_file, X, y, outdir):
         res = {}
         for name, n in CASES:
             xl = X[sl].clone().requires_grad_(True)
-            out = DistributedLossWrapper(EEPMLLoss(_make(name, n)))(xl, y[sl])
+            out = DistributedLossWrapper(EEPMLLoss(_make(name, n), distance=_lp()))(xl, y[sl])
             g, = torch.autograd.grad(out, xl)
             res[name] = (out.detach(), g)
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
@@ -211,3 +230,26 @@ def test_distributed_loss_wrapper():
             msg = lambda m: f"seed={seed} rank={r} {name}: {m}"  # noqa: E731
             torch.testing.assert_close(out, WORLD * single, rtol=1e-9, atol=1e-12, msg=msg)
             torch.testing.assert_close(g, WORLD * g_single[r * half:(r + 1) * half], rtol=1e-9, atol=1e-12, msg=msg)
+
+
+# ------------------------------------------------------------------------------------------------
+# the README's PML training loop
+# ------------------------------------------------------------------------------------------------
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md"), encoding="utf-8").read()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
+def test_readme_pml_training_loop():
+    """The README's PML example runs as printed: MPerClassSampler batches (even m: the adjacent layout HPHN
+    with EE needs), EEPMLLoss with a PML reducer, an optimizer step per batch."""
+    fresh_seed()
+    scope = {}
+    exec(compile(_readme_block("### With pytorch-metric-learning"), "README.md", "exec"), scope)
+    model, first, loss = scope["model"], scope["first_weight"], scope["loss"]
+    assert torch.isfinite(loss)
+    assert not torch.equal(model.weight.detach(), first), "the loop never stepped the model"

@@ -1,4 +1,4 @@
-"""Tests of ee_cuda.metrics (spec §6): against scikit-learn, brute force, the review's worked example and
+"""Tests of ee_cuda.metrics (docs/design.md §10): against scikit-learn, brute force, the review's worked example and
 pytorch-metric-learning. Inputs are drawn fresh on every run."""
 import itertools
 

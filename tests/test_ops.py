@@ -1,4 +1,4 @@
-"""Fused ops vs the pure-PyTorch reference (spec §2-§4): values, argmins, gradients, edge cases."""
+"""Fused ops vs the pure-PyTorch reference (docs/design.md §2-§5): values, argmins, gradients, edge cases."""
 from __future__ import annotations
 
 import os
@@ -75,7 +75,7 @@ def test_expand_matches_reference(device, dtype):
 def selected_pair_grad(X, pairs, n, normalize, index, w, op):
     """d/dX of sum(w * ||a - b||) over the outputs' selected points (a, b) as `index` names them, through the
     reference's materialized points in float64: the gradient of a minimum is that of its selected pair
-    (spec §3), whichever of (near-)tied minima the selection is."""
+    (docs/design.md §3), whichever of (near-)tied minima the selection is."""
     Xd = X.detach().double().requires_grad_()
     A = R.augmented_points(Xd, pairs, n, normalize)
     P, T = A.shape[:2]
@@ -160,7 +160,7 @@ def test_cuda_tiles_emulated_on_cpu(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_fast_path_equals_tile_path_with_ties(dtype):
-    """The CPU's row path and the GPU's tile path compute the same d2 and break ties the same way (spec:
+    """The CPU's row path and the GPU's tile path compute the same d2 and break ties the same way (docs/design.md §3:
     smallest t*T + r, resp. q*T + r; (q, p) in its own terms): exact equality on inputs full of exact
     ties (duplicated rows across classes, coinciding endpoints, shared endpoints in "all" mode)."""
     X, labels = make_batch(6, 4, 5, dtype=dtype)

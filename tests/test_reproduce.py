@@ -1,4 +1,4 @@
-"""End-to-end test of ``python -m ee_cuda.reproduce`` on a tiny configuration, and unit tests of its
+"""End-to-end test of ``python -m ee_cuda.repro`` on a tiny configuration, and unit tests of its
 parts (datasets, sampler, occlusion, tracked statistics, report verdicts)."""
 import json
 import math
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ee_cuda import data, reference, reproduce, train
+from ee_cuda import reference
+from ee_cuda.repro import cli, data, experiments, report, train
 
 RNG = np.random.default_rng()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
     threads = torch.get_num_threads()
     try:
-        path = reproduce.main(["--tiny", "--out", str(out), "--no-progress"])
+        path = cli.main(["--tiny", "--out", str(out), "--no-progress"])
     finally:
         torch.set_num_threads(threads)
     return out, path
@@ -53,9 +54,9 @@ def test_report_tables_match_json(tiny_run):
     assert len(e1["rows"]) == 2 * 2 * 2  # datasets x losses x (plain, EE)
     for r in e1["rows"]:
         assert len(r["per_seed"]) == 2
-        cells = " | ".join(f"{100 * r[m + '_mean']:.1f} ± {100 * r[m + '_std']:.1f}" for m in reproduce.METRIC_KEYS)
+        cells = " | ".join(f"{100 * r[m + '_mean']:.1f} ± {100 * r[m + '_std']:.1f}" for m in experiments.METRIC_KEYS)
         assert cells in report
-        for m in reproduce.METRIC_KEYS:
+        for m in experiments.METRIC_KEYS:
             vals = [p[m] for p in r["per_seed"]]
             assert r[m + "_mean"] == pytest.approx(np.mean(vals))
             assert 0.0 <= r[m + "_mean"] <= 1.0
@@ -78,13 +79,13 @@ def test_report_is_generated_from_json(tiny_run, tmp_path):
     value = float(RNG.uniform(0.1, 0.9))
     e1["rows"][0]["recall@1_mean"] = value
     (tmp_path / "exp1_losses.json").write_text(json.dumps(e1))
-    report = open(reproduce.write_report(str(tmp_path))).read()
-    assert f"{100 * value:.1f} ± " in report
+    text = open(report.write_report(str(tmp_path))).read()
+    assert f"{100 * value:.1f} ± " in text
 
 
 def test_resume_from_checkpoints(tiny_run):
     out, _ = tiny_run
-    ctx = reproduce.Context(reproduce.ReproConfig.tiny(), str(out), progress=False)
+    ctx = experiments.Context(experiments.ReproConfig.tiny(), str(out), progress=False)
     cfg = ctx.cfg
     r = ctx.run(cfg.run_config("digits", "triplet", cfg.n_inner, cfg.seeds[1]))
     assert r.get("from_checkpoint")
@@ -98,7 +99,7 @@ def test_resume_from_checkpoints(tiny_run):
 
 def test_cli_help():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-m", "ee_cuda.reproduce", "--help"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "ee_cuda.repro", "--help"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert res.returncode == 0
     for opt in ("--full", "--datasets", "--losses", "--n", "--epochs", "--device", "--out"):
@@ -110,11 +111,11 @@ def test_verdict_rule():
     s = float(RNG.uniform(0.001, 0.05))
     base = float(RNG.uniform(0.2, 0.7))
     se = math.sqrt(2 * s * s / k)
-    assert reproduce.verdict(base, s, base + 3 * se, s, k, k)[3] == "helped"
-    assert reproduce.verdict(base, s, base - 3 * se, s, k, k)[3] == "hurt"
-    assert reproduce.verdict(base, s, base + 0.5 * se, s, k, k)[3].startswith("no clear effect")
-    assert reproduce.verdict(base, 0.0, base + 0.01, 0.0, 1, 1)[3] == "not tested (one seed)"
-    assert reproduce.verdict(base, s, base + 3 * se, s, k, k)[2] == pytest.approx(3.0)
+    assert report.verdict(base, s, base + 3 * se, s, k, k)[3] == "helped"
+    assert report.verdict(base, s, base - 3 * se, s, k, k)[3] == "hurt"
+    assert report.verdict(base, s, base + 0.5 * se, s, k, k)[3].startswith("no clear effect")
+    assert report.verdict(base, 0.0, base + 0.01, 0.0, 1, 1)[3] == "not tested (one seed)"
+    assert report.verdict(base, s, base + 3 * se, s, k, k)[2] == pytest.approx(3.0)
 
 
 def test_digits_split_is_zero_shot():

@@ -1,4 +1,4 @@
-// Arithmetic of Embedding Expansion shared by the CPU and CUDA kernels (EE-SPEC §2, §4).
+// Arithmetic of Embedding Expansion shared by the CPU and CUDA kernels (docs/design.md §2, §4).
 //
 // Every augmented point is a(p, t) = alpha * x_i + beta * x_j, so distances between augmented points
 // follow from Gram entries G = X X^T. The helpers here are __host__ __device__ so that the CPU build,

@@ -1,4 +1,4 @@
-// CPU kernels of expand (EE-SPEC §2): synthetic points u / max(||u||, eps) and their backward.
+// CPU kernels of expand (docs/design.md §2): synthetic points u / max(||u||, eps) and their backward.
 // The backward never stores per-point gradients: pass 1 computes, per synthetic point, ||u|| and
 // s = <a, grad>; pass 2 adds grad_u to both endpoints, in column chunks owned by one task (no races).
 #include <ATen/ATen.h>

@@ -1,10 +1,10 @@
-// CPU kernels of hard_negative_pairs / hard_negative_points (forward and backward), EE-SPEC §3-§4.
+// CPU kernels of hard_negative_pairs / hard_negative_points (forward and backward), docs/design.md §3-§5.
 //
 // Forward: one X X^T (BLAS, upper block triangle only), then either the vectorized row path of
 // search_rows_cpu.h (finite input; the point coefficients straight into its block layout) or, from a (P, T)
 // table of point coefficients, the tiles of search_tiles.h driven over the (p, q) grid with
 // at::parallel_for (each tile emulates one CUDA block).
-// Backward, by cost (spec §4): hard_negative_pairs has P x P outputs; where 2 P^2 <= B^2 (the adjacent
+// Backward, by cost (docs/design.md §5): hard_negative_pairs has P x P outputs; where 2 P^2 <= B^2 (the adjacent
 // layout) each pair's rows add one gradient point of every other pair in D-space (2 P^2 D multiply-adds),
 // else their gradients are gathered into a dense dG (rows owned by the task of their pair component, no
 // races) and finished with dX = (dG + dG^T) X, one B x B x D product. hard_negative_points has P x T

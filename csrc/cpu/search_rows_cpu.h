@@ -1,6 +1,6 @@
 // The CPU's fast path of the hard-negative search: one task per pair p scans the candidate points (q, r) of
 // the other pairs, V pairs q at a time in the lanes of one vector (V = 32 bytes / sizeof(acc_t)), keeping
-// (min, argmin) per lane in registers, then reduces the lanes with the keys of the spec. It computes
+// (min, argmin) per lane in registers, then reduces the lanes with the tie order of docs/design.md §3. It computes
 // exactly sq_dist() of ee_math.h (same operations, same order, no FMA) and is used for finite inputs; with
 // NaN in the input the tile path, whose total order propagates NaN as torch.min does, runs instead.
 #pragma once

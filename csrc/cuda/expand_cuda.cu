@@ -1,4 +1,4 @@
-// CUDA kernels of expand (EE-SPEC §2). Forward: the coefficient table gives ||u|| of every synthetic
+// CUDA kernels of expand (docs/design.md §2). Forward: the coefficient table gives ||u|| of every synthetic
 // point (one warp each), then one thread per output element writes u / max(||u||, eps). Backward: one warp
 // per synthetic point computes s = <a, grad>, then one thread per (pair, column) walks the pair's points
 // and adds into both endpoint rows with atomicAdd (rows are shared between pairs).

@@ -1,4 +1,4 @@
-// CUDA kernels of hard_negative_pairs / hard_negative_points (forward and backward), EE-SPEC §3-§4.
+// CUDA kernels of hard_negative_pairs / hard_negative_points (forward and backward), docs/design.md §3-§5.
 //
 // Forward: X X^T through cuBLAS (at::mm; TF32 only if torch.backends.cuda.matmul.allow_tf32 is set, off by
 // default in PyTorch), the coefficient table (one kernel), then one launch over the whole grid whose blocks

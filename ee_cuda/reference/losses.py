@@ -1,10 +1,10 @@
-"""Pure-PyTorch twins of the losses of ``ee_cuda.losses`` (spec §5): the test oracle.
+"""Pure-PyTorch twins of the losses of ``ee_cuda.losses`` (docs/design.md §9): the test oracle.
 
 Each twin materializes everything the way a hand-written implementation would: all augmented points
 (``ee_cuda.reference.augmented_points`` / ``embedding_aug``), the full ``(P·T) × (P·T)`` distance matrix
 (``torch.cdist`` without the matrix-product shortcut) and the full dot-product matrix, and reads ``d̂_pq``
 and ``ŝ_pq`` straight from them. They share no code with ``ee_cuda.losses`` except the loss formulas of
-the spec. Memory is ``O((P·T)²)``: for tests and small batches only.
+docs/design.md §9. Memory is ``O((P·T)²)``: for tests and small batches only.
 
 ``hphn_triplet_official`` is a line-by-line port of the official MXNet ``loss/hphn_triplet.py`` (with
 ``get_embedding_aug``), including upstream's behaviour for anchors without a negative;
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import ops
 
 __all__ = ["hphn_triplet", "hphn_triplet_official", "triplet", "lifted_structure", "npair",
            "multi_similarity", "hard_negative_pair_stats"]
@@ -44,7 +44,7 @@ def hphn_triplet_official(embeddings, labels, margin=0.2, soft_margin=False, n_i
     """Per-anchor loss of the official ``HPHNTripletLoss.hybrid_forward`` (a vector of length ``B``)."""
     batch_size = embeddings.shape[0]
     if n_inner_pts != 0:
-        embeddings, labels = reference.embedding_aug(embeddings, labels, 2, n_inner_pts, l2_norm)
+        embeddings, labels = ops.embedding_aug(embeddings, labels, 2, n_inner_pts, l2_norm)
     dist_mat = _euclidean_dist(embeddings, embeddings)
     N = dist_mat.shape[0]
     is_pos = (labels[None, :].expand(N, N) == labels[None, :].expand(N, N).t()).to(dist_mat.dtype)
@@ -77,7 +77,7 @@ def hard_negative_pair_stats(X, labels, pairs, n_inner_pts, l2_norm=True):
     """Materialized ``d_p, s_p, d̂ (P, P), ŝ (P, P)`` and the negative mask (``d̂ = ŝ = 0`` off the mask)."""
     pairs = pairs.long()
     P, T = pairs.shape[0], n_inner_pts + 2
-    A = reference.augmented_points(X, pairs, n_inner_pts, l2_norm)              # (P, T, D)
+    A = ops.augmented_points(X, pairs, n_inner_pts, l2_norm)              # (P, T, D)
     flat = A.reshape(P * T, -1)
     dist = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist").view(P, T, P, T)
     dots = (flat @ flat.t()).view(P, T, P, T)
@@ -95,7 +95,7 @@ def hard_negative_pair_stats(X, labels, pairs, n_inner_pts, l2_norm=True):
 
 
 def _pairs(labels, pairs, mode):
-    return reference.positive_pairs(labels, mode) if pairs is None else pairs
+    return ops.positive_pairs(labels, mode) if pairs is None else pairs
 
 
 def _lse_masked(z, mask, add_one):

@@ -1,4 +1,4 @@
-"""A small convolutional embedding network for the offline datasets of ``ee_cuda.data``."""
+"""A small convolutional embedding network for the offline datasets of ``ee_cuda.repro.data``."""
 from __future__ import annotations
 
 import torch

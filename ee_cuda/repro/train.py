@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import metrics
+from .. import losses, metrics, ops
 from .data import Dataset, PKSampler
 from .models import EmbeddingNet
 
@@ -66,9 +66,7 @@ def set_seed(seed: int) -> None:
 
 
 def make_loss(name: str, n_inner: int = 0, l2_norm: bool = True, **kwargs):
-    """``ee_cuda.losses`` module for ``name`` in ``LOSSES`` with the spec's default hyper-parameters."""
-    from . import losses
-
+    """``ee_cuda.losses`` module for ``name`` in ``LOSSES`` with the paper's default hyper-parameters."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
     return getattr(losses, LOSSES[name])(n_inner_pts=n_inner, l2_norm=l2_norm, **kwargs)
@@ -91,7 +89,6 @@ def selection_ratio(emb: torch.Tensor, labels: torch.Tensor, n_inner: int, l2_no
     negative pair ``q* = argmin_q dist[p, q]`` and that pair's minimizing ``(t, r)`` from
     ``ee_cuda.hard_negative_pairs``), how many involve a synthetic point (``1 <= t <= n`` or
     ``1 <= r <= n``): ``(synthetic count, total count)``."""
-    from . import ops
 
     pairs = ops.positive_pairs(labels, "all")
     if n_inner == 0 or pairs.shape[0] == 0:
@@ -111,7 +108,6 @@ def class_distance_matrix(emb: torch.Tensor, labels: torch.Tensor, n_inner: int,
     """Class x class matrix: off-diagonal, the mean hard-negative distance between the two classes'
     positive pairs (``ee_cuda.hard_negative_pairs`` with ``n_inner`` synthetic points per pair);
     diagonal, the mean positive-pair distance. Returns ``(matrix (C, C) list, class ids)``."""
-    from . import ops
 
     pairs = ops.positive_pairs(labels, "all")
     with warnings.catch_warnings():
@@ -131,12 +127,11 @@ def class_distance_matrix(emb: torch.Tensor, labels: torch.Tensor, n_inner: int,
 @torch.no_grad()
 def synthetic_recall(emb: torch.Tensor, labels: torch.Tensor, n_inner: int, l2_norm: bool = True,
                      n_pairs: int = 2000, seed: int = 0) -> dict:
-    """Recall@1 of synthetic points vs originals (spec §7.2), on held-out embeddings.
+    """Recall@1 of synthetic points vs originals (docs/design.md §11, experiment 2), on held-out embeddings.
 
     Originals: leave-one-out recall@1. Synthetic: ``n_inner`` points (``ee_cuda.expand``) between
     ``n_pairs`` random same-label pairs, each queried against all originals except its two endpoints
     (an endpoint is trivially of the same label)."""
-    from . import ops
 
     g = torch.Generator().manual_seed(seed)
     lab = labels.cpu()

@@ -1,9 +1,10 @@
-"""Pure-PyTorch twins of every op (spec §2-§3): the test oracle and the fallback backend.
+"""Pure-PyTorch twins of every op (docs/design.md §2-§3): the test oracle and the fallback backend.
 
 These functions materialize every augmented point and the full distance matrix between them, the
 "plain implementation" a user would write by hand. They are deliberately simple: each line follows a
-definition of ``EE-SPEC.md``. Memory is ``O((P*T)^2)``; use the fused ops (``ee_cuda.expand`` and
-friends) for real batches.
+definition of docs/design.md. Memory is ``O((P*T)^2)``; use the fused ops (``ee_cuda.expand`` and
+friends) for real batches. The argument checks and ``positive_pairs`` are the library's own (there is
+no second implementation of either to compare against).
 
 Dtypes: points and distances are computed in the input dtype (float16/bfloat16 included), exactly as a
 plain implementation would; ``torch.cdist`` is used for distances.
@@ -13,16 +14,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_embeddings, check_labels, check_n_inner, check_pairs
+from .._validation import check_embedding_aug_args, check_embeddings, check_labels, check_n_inner, check_pairs
+from ..pairs import positive_pairs
 
-EPS = 1e-12  # torch.nn.functional.normalize's default, spec §1
+EPS = 1e-12  # torch.nn.functional.normalize's default, docs/design.md §1
 
 __all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pairs", "embedding_aug",
            "augmented_points", "build_info"]
 
 
 def augmented_points(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool = True) -> torch.Tensor:
-    """All ``T = n_inner + 2`` augmented points ``a(p, t)`` of every pair, shape ``(P, T, D)`` (spec §2)."""
+    """All ``T = n_inner + 2`` augmented points ``a(p, t)`` of every pair, shape ``(P, T, D)`` (docs/design.md §2)."""
     pairs = pairs.long()
     xi, xj = X[pairs[:, 0]], X[pairs[:, 1]]
     n = n_inner
@@ -110,55 +112,6 @@ def _hard_negative_points(X, pairs, labels, n_inner, normalize):
     index = torch.stack([flat // T, flat % T], dim=-1)
     index = torch.where(has_negative[..., None], index, torch.full_like(index, -1))
     return dist, index
-
-
-def positive_pairs(labels: torch.Tensor, mode: str = "all") -> torch.Tensor:
-    """Positive pairs of a batch, a contiguous ``LongTensor (P, 2)`` on the labels' device.
-
-    ``"all"``: every unordered same-label pair ``(i, j)``, ``i < j``, in row-major order. (``nonzero()``
-    returns a column-major view on the CPU; it is made contiguous once here rather than by every op that
-    reads it, forward and backward.)
-    ``"adjacent"``: ``(2k, 2k+1)`` for every ``k`` (the official sampler's layout); ``ValueError`` if
-    ``B`` is odd or the two rows of a pair have different labels.
-    """
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be an integer torch.Tensor of shape (B,), got {type(labels).__name__}")
-    check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1, labels.device)
-    B = labels.shape[0]
-    if mode == "all":
-        same = labels[:, None] == labels[None, :]
-        return torch.triu(same, diagonal=1).nonzero().contiguous()
-    if mode == "adjacent":
-        if B % 2:
-            raise ValueError(f"labels: mode='adjacent' needs an even batch, got B={B}")
-        pairs = torch.arange(B, device=labels.device).view(-1, 2)
-        _check_adjacent_labels(labels)
-        return pairs
-    raise ValueError(f"mode must be 'all' or 'adjacent', got {mode!r}")
-
-
-def _check_adjacent_labels(labels: torch.Tensor) -> None:
-    if labels.shape[0] == 0 or torch.compiler.is_compiling():
-        return
-    pairs = labels.view(-1, 2)
-    differ = pairs[:, 0] != pairs[:, 1]
-    if bool(differ.any()):
-        k = differ.nonzero()[0, 0].item()
-        raise ValueError(
-            f"labels: rows {2 * k} and {2 * k + 1} form an adjacent pair but have different labels "
-            f"({labels[2 * k].item()} != {labels[2 * k + 1].item()})")
-
-
-def check_embedding_aug_args(X, labels, num_instance, n_inner_pts) -> int:
-    check_embeddings(X, "embeddings")
-    n = check_n_inner(n_inner_pts, "n_inner_pts")
-    check_labels(labels, X.shape[0], X.device)
-    if isinstance(num_instance, bool) or not isinstance(num_instance, int) or num_instance <= 0 or num_instance % 2:
-        raise ValueError(f"num_instance must be a positive even int (as upstream asserts), got {num_instance!r}")
-    if X.shape[0] % 2:
-        raise ValueError(f"embeddings must have an even number of rows (adjacent pairs), got B={X.shape[0]}")
-    _check_adjacent_labels(labels)
-    return n
 
 
 def embedding_aug(X, labels, num_instance: int, n_inner_pts: int, l2_norm: bool = True):

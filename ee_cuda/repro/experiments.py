@@ -1,8 +1,8 @@
-"""The paper's experiments (spec §7, 1-8) on the offline datasets of ``ee_cuda.data``.
+"""The paper's experiments (docs/design.md §11, experiments 1-8) on the offline datasets of ``ee_cuda.repro.data``.
 
 Every experiment is a function ``expN_*(ctx) -> dict`` that trains (or reuses) the runs it needs through
 ``ctx.run`` and writes ``expN_*.json`` (numbers) and ``expN_*.png`` (a matplotlib figure) into
-``ctx.out_dir``. ``ee_cuda.reproduce`` chains them and writes ``report.md`` from the JSON files only.
+``ctx.out_dir``. ``ee_cuda.repro.cli`` chains them and writes ``report.md`` from the JSON files only.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import metrics
+from .. import build_info, metrics, use_backend
 from .data import load_dataset, occlude
 from .train import LOSS_TITLES, RunConfig, embed, load_model, make_loss, resolve_device, train_run
 
@@ -26,7 +26,7 @@ __all__ = ["ReproConfig", "Context", "EXPERIMENTS", "exp1_losses", "exp2_synthet
 
 @dataclass
 class ReproConfig:
-    """What ``python -m ee_cuda.reproduce`` runs. The defaults are the quick configuration (about 8
+    """What ``python -m ee_cuda.repro`` runs. The defaults are the quick configuration (about 8
     minutes on 2 idle CPU cores); ``full()`` is the larger one."""
     datasets: tuple = ("digits", "fonts")
     losses: tuple = ("triplet", "lifted", "npair", "ms", "hphn")
@@ -410,7 +410,6 @@ def exp8_cost(ctx: Context) -> dict:
     P = min(rc.P, int(d.y_train.unique().numel()))
     batch = next(iter(PKSampler(d.y_train, P, rc.K, 1, seed=0)))
     xb, yb = d.x_train[batch].to(device), d.y_train[batch].to(device)
-    from . import build_info, use_backend
     fused_ok = bool(build_info().get("cuda" if device.startswith("cuda") else "cpu"))
     backends = ("fused", "reference") if fused_ok else ("reference",)
     rows = []
