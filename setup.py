@@ -1,12 +1,14 @@
-"""Build of ee_cuda._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
+"""Build of ee_cuda._C: the CPU kernels always; the CUDA kernels when torch sees a GPU and a CUDA toolkit is
+found, or when FORCE_CUDA=1 (torchvision's convention).
 
 Environment:
   FORCE_CUDA=1      compile the CUDA sources even without a visible GPU (TORCH_CUDA_ARCH_LIST defaults
-                    to "8.0;9.0" then); fails if no CUDA toolkit is found.
+                    to "8.0;9.0" then); fails if no CUDA toolkit or no CUDA build of torch is found.
   FORCE_ONLY_CPU=1  skip the CUDA sources.
   CUDA_HOME         the toolkit root (its include/ has cuda_runtime.h).
   MAX_JOBS          parallel compile jobs (ninja).
-The resolved configuration is printed at the start of the build.
+The resolved configuration is printed at the start of the build; scripts/setup.sh prints it before building
+(`import setup` has no side effect but importing torch).
 """
 import glob
 import os
@@ -18,7 +20,7 @@ from torch.utils import cpp_extension
 
 
 def _flag(name):
-    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+    return os.environ.get(name) == "1"
 
 
 def _cuda_include_dirs():
@@ -32,38 +34,50 @@ def _cuda_include_dirs():
     return dirs
 
 
-def _configuration():
-    force_cuda, only_cpu = _flag("FORCE_CUDA"), _flag("FORCE_ONLY_CPU")
+def configuration():
+    """What the build compiles: {"cuda", "why", "cuda_home", "arch_list", "sources"}. Sets TORCH_CUDA_ARCH_LIST
+    to the default list when CUDA is forced without a GPU."""
     cuda_home = cpp_extension.CUDA_HOME
     toolkit = cuda_home is not None and os.path.exists(os.path.join(cuda_home, "include", "cuda_runtime.h"))
     torch_cuda = torch.version.cuda is not None
-    if only_cpu:
-        with_cuda, why = False, "FORCE_ONLY_CPU=1"
-    elif force_cuda:
+    gpu = torch.cuda.is_available()
+    if _flag("FORCE_ONLY_CPU"):
+        cuda, why = False, "FORCE_ONLY_CPU=1"
+    elif _flag("FORCE_CUDA"):
         if not (torch_cuda and toolkit):
             raise RuntimeError(
                 f"FORCE_CUDA=1 but torch.version.cuda={torch.version.cuda} and CUDA_HOME={cuda_home} "
                 "(needs include/cuda_runtime.h): install a CUDA build of torch and set CUDA_HOME to the toolkit")
-        with_cuda, why = True, "FORCE_CUDA=1"
+        cuda, why = True, "FORCE_CUDA=1"
+    elif not gpu:
+        cuda, why = False, "torch sees no GPU; FORCE_CUDA=1 builds them anyway"
     else:
-        with_cuda = torch_cuda and toolkit and torch.cuda.is_available()
-        why = "GPU and toolkit found" if with_cuda else "no GPU visible or no toolkit (set FORCE_CUDA=1 to build anyway)"
+        cuda = toolkit
+        why = "torch sees a GPU" if cuda else f"torch sees a GPU but CUDA_HOME={cuda_home} is no CUDA toolkit"
     arch_list = None
-    if with_cuda:
+    if cuda:
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
-        if not arch_list and not torch.cuda.is_available():
-            arch_list = "8.0;9.0"
-        if arch_list:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-        else:
-            cap = torch.cuda.get_device_capability()
-            arch_list = f"{cap[0]}.{cap[1]}"
-    return with_cuda, why, cuda_home, arch_list
-
-
-def _extensions():
-    with_cuda, why, cuda_home, arch_list = _configuration()
+        if not arch_list and not gpu:
+            arch_list = os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        elif not arch_list:
+            arch_list = "{}.{}".format(*torch.cuda.get_device_capability())
     sources = ["csrc/ee_cuda.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    if cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    return {"cuda": cuda, "why": why, "cuda_home": cuda_home if cuda else None, "arch_list": arch_list,
+            "sources": sources}
+
+
+def describe(config):
+    return ("ee_cuda build configuration:\n"
+            f"  torch {torch.__version__} (CUDA {torch.version.cuda})\n"
+            f"  CUDA kernels: {'yes' if config['cuda'] else 'no'} ({config['why']})\n"
+            f"  CUDA_HOME: {config['cuda_home'] or '-'}\n"
+            f"  TORCH_CUDA_ARCH_LIST: {config['arch_list'] or '-'}\n"
+            f"  sources: {' '.join(config['sources'])}")
+
+
+def _extensions(config):
     # The C++ standard comes from torch (C++17 or C++20 by version). No FMA contraction: the interpolation
     # must round as the reference does (see interpolate() in csrc/common/ee_math.h). No errno from the math
     # functions (never read), so that loops of std::sqrt vectorize.
@@ -71,19 +85,15 @@ def _extensions():
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     define_macros = []
     include_dirs = [os.path.abspath("csrc")]
-    if with_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        define_macros += [("EE_WITH_CUDA", None), ("EE_CUDA_ARCH_LIST", f'"{arch_list}"')]
+    if config["cuda"]:
+        define_macros += [("EE_WITH_CUDA", None), ("EE_CUDA_ARCH_LIST", f'"{config["arch_list"]}"')]
         include_dirs += _cuda_include_dirs()
-    print("ee_cuda build configuration:\n"
-          f"  torch {torch.__version__} (CUDA {torch.version.cuda})\n"
-          f"  CUDA kernels: {'yes' if with_cuda else 'no'} ({why})\n"
-          f"  CUDA_HOME: {cuda_home}\n"
-          f"  TORCH_CUDA_ARCH_LIST: {arch_list}\n"
-          f"  sources: {', '.join(sources)}", flush=True)
-    ext = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
-    return [ext("ee_cuda._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                extra_compile_args={"cxx": cxx, "nvcc": nvcc} if with_cuda else cxx)]
+    ext = cpp_extension.CUDAExtension if config["cuda"] else cpp_extension.CppExtension
+    return [ext("ee_cuda._C", config["sources"], include_dirs=include_dirs, define_macros=define_macros,
+                extra_compile_args={"cxx": cxx, "nvcc": nvcc} if config["cuda"] else cxx)]
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": cpp_extension.BuildExtension})
+if __name__ == "__main__":  # as setuptools' build backend runs it
+    config = configuration()
+    print(describe(config), flush=True)
+    setup(ext_modules=_extensions(config), cmdclass={"build_ext": cpp_extension.BuildExtension})

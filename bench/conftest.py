@@ -278,7 +278,7 @@ def _run(benchmark, case, meter):
             t_call = _STATE["measured"].get((case.cfg.key(), target, mode, "eager"), est)
         if t_call <= 2.0:
             # The first call can pay one-time costs (compilation, lazy loading of kernels, first-touch page
-            # faults: the session's very first case took ~0.9 s for a ~1 ms op), so the plan uses a second.
+            # faults) many times the op's own, so the plan uses a second.
             t = time.perf_counter()
             step()
             t_call = time.perf_counter() - t

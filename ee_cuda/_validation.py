@@ -2,8 +2,9 @@
 
 Every public op validates here, before any kernel runs, and raises a ``TypeError`` or ``ValueError``
 naming the argument. Checks that need the values of a tensor (pair indices in range, pair labels equal)
-read them once; on CUDA that is one small synchronization, and under ``torch.compile`` they are skipped
-(the kernels themselves never read out of bounds: an invalid row yields NaN/-1 instead).
+read a few reductions of them back to the host (on CUDA each read is a synchronization); under
+``torch.compile`` they are skipped (the CUDA kernels never read out of bounds: an invalid row makes the
+results computed from it NaN).
 """
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ EE_VECTOR_CLONES inline void add_gradient_points_plain(const double* block, cons
 
 #ifdef EE_FMA_KERNELS
 // The same sums with fused multiply-adds: without them a multiply-add is two instructions and the loop is
-// bound by issuing them (with FMA it runs about 1.4x as fast). The gradient has no exactness contract that
+// bound by issuing them. The gradient has no exactness contract that
 // FMA's single rounding would break; the forward search, whose argmins must not depend on the CPU, has none.
 struct FmaMadd {
   EE_FMA_TARGET __m256 load(const float* p) const { return _mm256_loadu_ps(p); }
