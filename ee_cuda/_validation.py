@@ -59,7 +59,7 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
         raise ValueError(f"{name} must have shape (P, 2), got shape {tuple(pairs.shape)}")
     if pairs.device != device:
         raise ValueError(f"{name} is on {pairs.device} but the embeddings are on {device}; put both on one device")
-    if not values or pairs.shape[0] == 0 or torch.compiler.is_compiling():
+    if not values or torch.compiler.is_compiling() or pairs.shape[0] == 0:
         return
     lo, hi = int(pairs.min()), int(pairs.max())
     if lo < 0 or hi >= B:
@@ -82,7 +82,7 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
 
 def check_adjacent_labels(labels: torch.Tensor) -> None:
     """Rows ``2k`` and ``2k+1`` share a label (the official sampler's layout); ``labels`` has even length."""
-    if labels.shape[0] == 0 or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or labels.shape[0] == 0:
         return
     pairs = labels.view(-1, 2)
     differ = pairs[:, 0] != pairs[:, 1]

@@ -41,9 +41,9 @@ Choices the paper leaves open, made here (and tested in ``tests/test_losses.py``
   gradient flows through ``d̂`` (the fused op) and the norms. This is the identity
   ``<a, b> = (|a|² + |b|² - |a - b|²)/2``, exact up to rounding (absolute error ``~eps·(|a|²+|b|²)``).
 
-``torch.compile``: the losses trace with ``fullgraph=True`` when the pairs are passed explicitly
-(``loss(X, labels, pairs)``; ``HPHNTripletLoss`` needs none); building them from the labels
-(``positive_pairs(labels, "all")``) has a data-dependent size and costs one graph break.
+``torch.compile``: every loss traces with ``fullgraph=True``, called as ``loss(X, labels)`` or with explicit
+pairs. Pairs built from the labels (``positive_pairs(labels, "all")``) have a data-dependent count, so the
+losses never branch on it (an empty batch of pairs takes the same graph).
 
 ``ee_cuda.reference.losses`` holds a pure-PyTorch twin of every loss that materializes all augmented
 points and the full distance and dot-product matrices (the test oracle).
@@ -84,8 +84,8 @@ def _reduce(per: torch.Tensor, reduction: str) -> torch.Tensor:
     total = per.sum()
     if reduction == "sum":
         return total
-    n = per.shape[0]
-    return total / n if n > 0 else total
+    # sym_max: no branch on the item count, which is data-dependent when the pairs come from the labels
+    return total / torch.sym_max(per.shape[0], 1)
 
 
 def _check_reduction(reduction: str) -> str:
@@ -258,6 +258,13 @@ class _PairStats:
         return torch.cat([ni[:, None], u2, nj[:, None]], dim=1)
 
 
+def _row_reduce(x: torch.Tensor, reduce, identity: float) -> torch.Tensor:
+    """``reduce`` over the rows of ``x`` with one ``identity`` column appended, so that ``x`` may have no
+    column (no pairs) without a branch on its width, which is data-dependent when the pairs come from the
+    labels (``torch.compile``)."""
+    return reduce(torch.cat([x, x.new_full((x.shape[0], 1), identity)], dim=1))
+
+
 def _masked_logsumexp(z: torch.Tensor, mask: torch.Tensor, add_one: bool):
     """Row-wise ``log(Σ_{mask} exp(z))`` (``log(1 + Σ ...)`` with ``add_one``), NaN-free for empty rows.
 
@@ -267,10 +274,13 @@ def _masked_logsumexp(z: torch.Tensor, mask: torch.Tensor, add_one: bool):
     neg_inf = torch.full_like(z, float("-inf"))
     zm = torch.where(mask, z, neg_inf)
     if add_one:
-        zm = torch.cat([torch.zeros_like(z[:, :1]), zm], dim=1)
-        return torch.logsumexp(zm, dim=1), mask.any(dim=1)
+        # the zero term keeps the maximum finite; by hand rather than torch.logsumexp, whose decomposition
+        # branches on the (data-dependent, under torch.compile) element count
+        zm = torch.cat([z.new_zeros((z.shape[0], 1)), zm], dim=1)
+        m = zm.amax(dim=1, keepdim=True).detach()
+        return m.squeeze(1) + torch.log(torch.exp(zm - m).sum(dim=1)), mask.any(dim=1)
     anyv = mask.any(dim=1)
-    m = zm.amax(dim=1) if zm.shape[1] > 0 else z.new_zeros(z.shape[0])
+    m = _row_reduce(zm, lambda t: t.amax(dim=1), float("-inf"))
     m = torch.where(anyv, m, torch.zeros_like(m)).detach()
     s = torch.where(mask, torch.exp(torch.where(mask, z, torch.zeros_like(z)) - m[:, None]),
                     torch.zeros_like(z)).sum(dim=1)
@@ -328,7 +338,7 @@ class TripletLoss(_PairLoss):
     def _pair_losses(self, st):
         inf = torch.full_like(st.dhat, float("inf"))
         hardest = torch.where(st.neg, st.dhat, inf)
-        hardest = hardest.min(dim=1).values if st.P > 0 else st.d_p
+        hardest = _row_reduce(hardest, lambda t: t.min(dim=1).values, float("inf"))
         hardest = torch.where(st.has_neg, hardest, torch.zeros_like(hardest))
         return F.relu(st.d_p - hardest + self.margin)
 

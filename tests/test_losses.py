@@ -380,20 +380,37 @@ def test_autocast_bfloat16_cpu():
         torch.testing.assert_close(out, mod(emb.detach().float(), y), msg=lambda m: f"seed={seed}: {m}")
 
 
-@pytest.mark.parametrize("name", LOSSES + ["triplet-pairs-from-labels"])
-def test_torch_compile(name):
-    """fullgraph=True (the pair losses with explicit pairs: positive_pairs("all") has a data-dependent
-    size); and one pair loss that builds its pairs itself (a graph break, still correct)."""
+@pytest.mark.parametrize("pairs_from", ["labels", "argument"])
+@pytest.mark.parametrize("name", LOSSES)
+def test_torch_compile(name, pairs_from):
+    """fullgraph=True, with the pairs passed in or built from the labels inside the loss
+    (positive_pairs("all"): a data-dependent size, on which the losses never branch), on a batch with
+    pairs and negatives and, with the same compiled loss, on one without (a loss of 0)."""
+    seed = fresh_seed()
+    torch._dynamo.reset()
+    mod = make_losses(name, 2, True)[0]
+    compiled = torch.compile(mod, backend="aot_eager", fullgraph=True)
+    # the second batch: no positive pair (pair losses), no negative (HPHN, whose n > 0 needs pairs of rows)
+    empty = make_batch(1, 16, dtype=torch.float32) if name == "hphn" else make_batch(16, 1, dtype=torch.float32)
+    for X, y in (make_batch(4, 4, dtype=torch.float32), empty):
+        args = () if name == "hphn" or pairs_from == "labels" else (ee_cuda.positive_pairs(y, "all"),)
+        a = compiled(X, y, *args)
+        ga, = torch.autograd.grad(a, X)
+        b = mod(X, y, *args)
+        gb, = torch.autograd.grad(b, X)
+        torch.testing.assert_close(a, b, msg=lambda m: f"seed={seed}: {m}")
+        torch.testing.assert_close(ga, gb, msg=lambda m: f"seed={seed}: {m}")
+
+
+def test_torch_compile_inductor_pairs_from_labels():
+    """The default backend (inductor) on a pair loss that builds its pairs from the labels."""
     seed = fresh_seed()
     torch._dynamo.reset()
     X, y = make_batch(4, 4, dtype=torch.float32)
-    plain = name.endswith("-pairs-from-labels")
-    mod = make_losses(name.split("-")[0], 2, True)[0]
-    args = () if name == "hphn" or plain else (ee_cuda.positive_pairs(y, "all"),)
-    compiled = torch.compile(mod, backend="aot_eager", fullgraph=not plain)
-    a = compiled(X, y, *args)
+    mod = L.MultiSimilarityLoss(n_inner_pts=2)
+    a = torch.compile(mod, fullgraph=True)(X, y)
     ga, = torch.autograd.grad(a, X)
-    b = mod(X, y, *args)
+    b = mod(X, y)
     gb, = torch.autograd.grad(b, X)
     torch.testing.assert_close(a, b, msg=lambda m: f"seed={seed}: {m}")
     torch.testing.assert_close(ga, gb, msg=lambda m: f"seed={seed}: {m}")
