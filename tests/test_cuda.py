@@ -56,3 +56,26 @@ def test_at_most_three_launches_per_op_call_on_w1():
                 torch.cuda.synchronize()
             kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
             assert len(kernels) <= 3, [e.name for e in kernels]
+
+
+@pytest.mark.parametrize("op", ["expand", "hard_negative_pairs", "hard_negative_points"])
+def test_deterministic_mode_alerts_on_cuda_backward(op):
+    """The CUDA backwards add with atomicAdd: under torch.use_deterministic_algorithms they raise (or warn
+    with warn_only) instead of running silently; the forward, deterministic, runs."""
+    X, labels = make_batch(4, 4, 8, device="cuda")
+    pairs = ee_cuda.positive_pairs(labels)
+    X.requires_grad_(True)
+    args = (X, pairs, 2) if op == "expand" else (X, pairs, labels, 2)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        out = getattr(ee_cuda, op)(*args, backend="fused")
+        out = out if op == "expand" else out[0]
+        loss = torch.where(torch.isfinite(out), out, torch.zeros_like(out)).sum()
+        with pytest.raises(RuntimeError, match=f"ee_cuda::{op}_backward"):
+            torch.autograd.grad(loss, X, retain_graph=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match=f"ee_cuda::{op}_backward"):
+            torch.autograd.grad(loss, X)
+    finally:
+        torch.use_deterministic_algorithms(previous)

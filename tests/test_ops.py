@@ -586,3 +586,27 @@ def test_backend_selection_and_fallback_warning(monkeypatch):
         ee_cuda.expand(X, pairs, 1)
     with pytest.raises(RuntimeError, match="backend='fused'"):
         ee_cuda.expand(X, pairs, 1, backend="fused")
+
+
+@pytest.mark.parametrize("mode", ["adjacent", "all"])
+def test_cpu_backward_under_deterministic_mode(mode):
+    """The CPU kernels are deterministic: under torch.use_deterministic_algorithms(True) every op's forward
+    and backward run (no alert) and repeat bit for bit (adjacent pairs take the pairs backward through the
+    selected points, "all" pairs the one through dG)."""
+    seed = fresh_seed()
+    X, labels = make_batch(8, 4, 16, dtype=torch.float32)
+    pairs = ee_cuda.positive_pairs(labels, mode)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            Xg = X.clone().requires_grad_(True)
+            total = ee_cuda.expand(Xg, pairs, 2, backend="fused").sum()
+            for op in (ee_cuda.hard_negative_pairs, ee_cuda.hard_negative_points):
+                dist, _ = op(Xg, pairs, labels, 2, backend="fused")
+                total = total + torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)).sum()
+            grads.append(torch.autograd.grad(total, Xg)[0])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(grads[0], grads[1]), f"seed={seed}"

@@ -115,6 +115,8 @@ Tensor expand_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor&
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1);
   const c10::cuda::CUDAGuard guard(X_.device());
   if (grad_.numel() == 0) return at::zeros_like(X_);
+  // The atomicAdd order into the endpoint rows varies from run to run: raise (or warn) under deterministic mode.
+  at::globalContext().alertNotDeterministic("ee_cuda::expand_backward on CUDA");
   const at::ScalarType acc = acc_type_of(X_);
   const Tensor pairs = pairs_.contiguous();
   const Tensor X = X_.to(acc).contiguous(), grad = grad_.to(acc).contiguous();

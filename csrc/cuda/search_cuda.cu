@@ -123,6 +123,9 @@ Tensor search_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor&
   check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, P});
   const c10::cuda::CUDAGuard guard(X_.device());
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
+  // The atomicAdd order into dG varies from run to run: raise (or warn) under deterministic mode.
+  at::globalContext().alertNotDeterministic(kPoints ? "ee_cuda::hard_negative_points_backward on CUDA"
+                                                    : "ee_cuda::hard_negative_pairs_backward on CUDA");
   const at::ScalarType acc = acc_type_of(X_);
   const Tensor pairs = pairs_.contiguous(), index = index_.contiguous();
   const Tensor X = X_.to(acc).contiguous();
