@@ -2,30 +2,39 @@
 # End-to-end check of ee_cuda on a CUDA machine, from the repository root, in under 8 minutes:
 #
 #   bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh --dry-run    # anywhere, no GPU: the script's own logic, each stage's command
+#                                        # run on the CPU kernels or shown (see dry_run below)
 #
 # Stages (each with its own time limit; a failing stage is reported and the next one still runs):
 #   info      GPU, driver, torch, nvcc
-#   build     FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .
+#   build     FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .  (CUDA_HOME found as setup.sh does)
 #   import    ee_cuda.build_info()["cuda"] must be True
 #   tests     pytest tests -q -k cuda   (the tests are parametrized over devices)
 #   memcheck  compute-sanitizer --tool memcheck  python bench/sanitize_case.py   (if the tool exists)
 #   racecheck compute-sanitizer --tool racecheck python bench/sanitize_case.py   (if the tool exists)
-#   bench     python bench/gpu_bench.py: W1, W1b, W2, W3, fused vs reference eager vs torch.compile,
-#             fwd and fwd+bwd, X@X.T floor, peak memory, kernel launches per op call on W1
+#             both instrument only this extension's kernels (names start with ee_cuda_), not torch's
+#   bench     python bench/gpu_bench.py: W3's fused cases and floor first, then W1, W1b, W2; fused vs
+#             reference eager vs torch.compile, fwd and fwd+bwd, peak memory, kernel launches per op call
 # Then a summary of the stages and the benchmark's short table, printed last.
 #
 # Environment: OUT (results folder; default $TMPDIR/ee_gpu_check), EE_GPU_CHECK_BUDGET (total seconds,
-# default 460), PYTHON (default python), MAX_JOBS (build jobs, default the CPU count), SKIP_BUILD=1 (use the
+# default 460), PYTHON (default python3, else python), MAX_JOBS (build jobs, default the CPU count), SKIP_BUILD=1 (use the
 # installed build), BENCH_ARGS (extra arguments for gpu_bench.py).
 # Files written to $OUT: gpu_check.log (all output), gpu_bench.json (results), summary.txt.
 set -u
 set -o pipefail
 
 cd "$(dirname "$0")/.." || exit 2
+DRY_RUN=0
+case "${1:-}" in
+    --dry-run) DRY_RUN=1 ;;
+    "") ;;
+    *) echo "usage: bash bench/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
 START=$SECONDS
 TOTAL=${EE_GPU_CHECK_BUDGET:-460}
 OUTDIR=${OUT:-${TMPDIR:-/tmp}/ee_gpu_check}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_check.log"
 : > "$LOG"
@@ -75,9 +84,15 @@ info() {
     "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 }
 
+# shellcheck source=../scripts/find_cuda_home.sh
+. scripts/find_cuda_home.sh
+
 build() {
     if [[ "${SKIP_BUILD:-0}" == 1 ]]; then echo "SKIP_BUILD=1: using the installed build"; return 0; fi
-    FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e .
+    local home
+    home=$(find_cuda_home) || { echo "no CUDA toolkit found (nvcc and include/cuda_runtime.h): set CUDA_HOME"; return 1; }
+    echo "CUDA_HOME=$home"
+    CUDA_HOME=$home FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e .
 }
 
 import_check() {
@@ -91,18 +106,47 @@ elif [[ -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ]]; then
     SANITIZER="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
 fi
 
+# Only this extension's kernels are instrumented (torch's and cuBLAS's would take most of the time): every
+# kernel of csrc/cuda is named ee_cuda_*, a substring of both its mangled and its demangled name.
+# (A string, not an array: the stages run the exported functions in a child bash.)
+KERNEL_FILTER=""
+if [[ -n "$SANITIZER" ]]; then
+    help=$("$SANITIZER" --help 2>&1)
+    if [[ $help == *--kernel-name* ]]; then KERNEL_FILTER="--kernel-name kns=ee_cuda_"
+    elif [[ $help == *--filter* ]]; then KERNEL_FILTER="--filter kns=ee_cuda_"
+    fi
+fi
+
 sanitize() {  # tool
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$1" --error-exitcode 99 --print-limit 20 \
-        "$PY" bench/sanitize_case.py
+    # shellcheck disable=SC2086
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$1" $KERNEL_FILTER --error-exitcode 99 \
+        --print-limit 20 "$PY" bench/sanitize_case.py
 }
 
-export PY SANITIZER
-export -f info build import_check sanitize
+# --dry-run: each stage's logic without a GPU. The build is only shown, the tests only collected, the
+# sanitizers' case runs on the CPU kernels, and the benchmark runs its quick CPU configuration.
+if (( DRY_RUN )); then
+    build() { echo "would run: CUDA_HOME=$(find_cuda_home || echo '<not found>') FORCE_CUDA=1 $PY -m pip install" \
+        "--no-build-isolation --no-deps -e ."; }
+    import_check() { "$PY" -c "import ee_cuda; print(ee_cuda.build_info())"; }
+    SANITIZER=${SANITIZER:-compute-sanitizer}
+    sanitize() {
+        echo "would run: $SANITIZER --tool $1 $KERNEL_FILTER ... $PY bench/sanitize_case.py"
+        "$PY" bench/sanitize_case.py --device cpu
+    }
+fi
+
+export PY SANITIZER KERNEL_FILTER
+export -f info build import_check sanitize find_cuda_home
 
 stage info 30 0 info
 stage build 300 150 build
 stage import 60 140 import_check
-stage tests 150 110 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider
+if (( DRY_RUN )); then
+    stage tests 150 110 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider --collect-only
+else
+    stage tests 150 110 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider
+fi
 if [[ -n "$SANITIZER" ]]; then
     stage memcheck 80 90 sanitize memcheck
     stage racecheck 80 80 sanitize racecheck
@@ -112,8 +156,10 @@ else
 fi
 BENCH_BUDGET=$(( $(left) - 40 ))
 (( BENCH_BUDGET > 300 )) && BENCH_BUDGET=300
+BENCH_DEVICE=(--device cuda)
+if (( DRY_RUN )); then BENCH_DEVICE=(--device cpu --quick); BENCH_BUDGET=20; fi
 # shellcheck disable=SC2086
-stage bench $(( BENCH_BUDGET + 30 )) 5 "$PY" bench/gpu_bench.py --device cuda --losses \
+stage bench $(( BENCH_BUDGET + 30 )) 5 "$PY" bench/gpu_bench.py "${BENCH_DEVICE[@]}" --losses \
     --budget-s "$BENCH_BUDGET" --json "$OUTDIR/gpu_bench.json" ${BENCH_ARGS:-}
 
 {

@@ -339,7 +339,8 @@ def gpu_section(path):
         return ("No GPU results in this report: this machine has no GPU. On a CUDA machine run "
                 "`bash bench/gpu_check.sh` from the repository root (builds with `FORCE_CUDA=1`, runs the CUDA "
                 "tests, compute-sanitizer and `python bench/gpu_bench.py`), copy the JSON it writes "
-                "(`$OUT/gpu_bench.json`, by default `/tmp/ee_gpu_check/gpu_bench.json`) to `docs/benchmarks/gpu.json` and rerun "
+                "(`$OUT/gpu_bench.json`; `OUT` defaults to `ee_gpu_check` in the temporary folder) to "
+                "`docs/benchmarks/gpu.json` and rerun "
                 "`python bench/report.py`.")
     with open(path) as f:
         g = json.load(f)

@@ -14,20 +14,7 @@ PYTHON=${PYTHON:-python3}
 pip install -q "torch>=2.4,<=2.14.1" numpy ninja pybind11 setuptools wheel pytest pytest-benchmark \
     scikit-learn matplotlib tqdm pytorch-metric-learning
 
-# The nvcc on PATH may be a wrapper outside the toolkit; CUDA_HOME must be the folder whose include/ holds
-# cuda_runtime.h, or torch guesses the wrapper's prefix and fails to link.
-find_cuda_home() {
-  local nvcc_bin candidates=("${CUDA_HOME:-}")
-  if nvcc_bin=$(command -v nvcc); then
-    local prefix; prefix=$(dirname "$(dirname "$(readlink -f "$nvcc_bin")")")
-    candidates+=("$prefix" "$prefix/cuda" "$(dirname "$(dirname "$nvcc_bin")")/cuda")
-  fi
-  candidates+=(/usr/local/cuda)
-  for c in "${candidates[@]}"; do
-    if [ -n "$c" ] && [ -f "$c/include/cuda_runtime.h" ] && [ -x "$c/bin/nvcc" ]; then echo "$c"; return 0; fi
-  done
-  return 1
-}
+. scripts/find_cuda_home.sh
 
 # setup.py decides which kernels to build; the toolkit is looked up only when it may build the CUDA ones.
 if [ "${FORCE_ONLY_CPU:-0}" != 1 ]; then
@@ -63,7 +50,9 @@ else
   else
     echo "setup: compiling the CPU kernels (about 2 min on 2 cores)"
   fi
-  MAX_JOBS=${MAX_JOBS:-2} pip install -q --no-build-isolation -e .
+  # compat: the repository root goes on sys.path, so that a folder named ee_cuda in the working directory
+  # (the clone itself, seen from its parent) cannot shadow the package as an empty namespace package
+  MAX_JOBS=${MAX_JOBS:-2} pip install -q --no-build-isolation -e . --config-settings editable_mode=compat
   echo "$stamp" > "$stamp_file"
 fi
 python -c "import ee_cuda, json, sys; info = ee_cuda.build_info()

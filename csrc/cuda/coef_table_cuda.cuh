@@ -20,9 +20,10 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 }
 
 template <typename acc_t>
-__global__ void coef_table_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D, const int64_t* __restrict__ pairs,
-                                  const int64_t* __restrict__ labels, int64_t P, int64_t n, bool normalize,
-                                  PointCoef<acc_t>* __restrict__ out, int64_t* __restrict__ pair_label) {
+__global__ void ee_cuda_coef_table_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
+                                          const int64_t* __restrict__ pairs, const int64_t* __restrict__ labels,
+                                          int64_t P, int64_t n, bool normalize, PointCoef<acc_t>* __restrict__ out,
+                                          int64_t* __restrict__ pair_label) {
   const int64_t T = n + 2;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarp);
   const int lane = threadIdx.x % kWarp;
@@ -56,7 +57,7 @@ at::Tensor coef_table_cuda(const at::Tensor& X, const at::Tensor& pairs, const a
   if (P == 0) return table;
   const int64_t warps = P * T;
   const int blocks = int(std::min<int64_t>((warps * kWarp + kTableThreads - 1) / kTableThreads, 65535));
-  coef_table_kernel<acc_t><<<blocks, kTableThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  ee_cuda_coef_table_kernel<acc_t><<<blocks, kTableThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       X.data_ptr<acc_t>(), X.size(0), X.size(1), pairs.data_ptr<int64_t>(),
       labels ? labels->data_ptr<int64_t>() : nullptr, P, n, normalize,
       reinterpret_cast<PointCoef<acc_t>*>(table.data_ptr<acc_t>()), pair_label ? pair_label->data_ptr<int64_t>() : nullptr);

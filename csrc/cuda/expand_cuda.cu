@@ -28,9 +28,9 @@ __device__ __forceinline__ acc_t denominator(acc_t unorm, bool normalize) {
 }
 
 template <typename acc_t, typename scalar_t>
-__global__ void expand_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D, const int64_t* __restrict__ pairs,
-                              const PointCoef<acc_t>* __restrict__ coef, int64_t P, int64_t n, bool normalize,
-                              scalar_t* __restrict__ out) {
+__global__ void ee_cuda_expand_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
+                                      const int64_t* __restrict__ pairs, const PointCoef<acc_t>* __restrict__ coef,
+                                      int64_t P, int64_t n, bool normalize, scalar_t* __restrict__ out) {
   const int64_t total = P * n * D, T = n + 2;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t d = e % D, pt = e / D, p = pt / n, t = pt % n + 1;
@@ -46,9 +46,9 @@ __global__ void expand_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
 
 // s[p, t-1] = <u / ||u||, grad[p, t-1]>, one warp per synthetic point.
 template <typename acc_t>
-__global__ void projection_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D, const int64_t* __restrict__ pairs,
-                                  const PointCoef<acc_t>* __restrict__ coef, const acc_t* __restrict__ grad, int64_t P,
-                                  int64_t n, acc_t* __restrict__ s) {
+__global__ void ee_cuda_projection_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
+                                          const int64_t* __restrict__ pairs, const PointCoef<acc_t>* __restrict__ coef,
+                                          const acc_t* __restrict__ grad, int64_t P, int64_t n, acc_t* __restrict__ s) {
   const int64_t T = n + 2, warps = int64_t(gridDim.x) * (blockDim.x / kWarp);
   const int lane = threadIdx.x % kWarp;
   for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp; w < P * n; w += warps) {
@@ -66,7 +66,7 @@ __global__ void projection_kernel(const acc_t* __restrict__ X, int64_t B, int64_
 }
 
 template <typename acc_t>
-__global__ void expand_backward_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
+__global__ void ee_cuda_expand_backward_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
                                        const int64_t* __restrict__ pairs, const PointCoef<acc_t>* __restrict__ coef,
                                        const acc_t* __restrict__ grad, const acc_t* __restrict__ s, int64_t P, int64_t n,
                                        bool normalize, acc_t* __restrict__ dX) {
@@ -102,7 +102,7 @@ Tensor expand_cuda(const Tensor& X_, const Tensor& pairs_, int64_t n, bool norma
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "expand_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Tensor coef = coef_table_cuda<acc_t>(X, pairs, nullptr, n, normalize, nullptr);
-    expand_kernel<acc_t, scalar_t><<<grid_for(P * n * D), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ee_cuda_expand_kernel<acc_t, scalar_t><<<grid_for(P * n * D), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         X.data_ptr<acc_t>(), B, D, pairs.data_ptr<int64_t>(),
         reinterpret_cast<const PointCoef<acc_t>*>(coef.data_ptr<acc_t>()), P, n, normalize, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -127,10 +127,10 @@ Tensor expand_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor&
     const Tensor coef = coef_table_cuda<acc_t>(X, pairs, nullptr, n, normalize, nullptr);
     const auto* c = reinterpret_cast<const PointCoef<acc_t>*>(coef.data_ptr<acc_t>());
     Tensor s = at::empty({P, n}, X.options());
-    projection_kernel<acc_t><<<grid_for(P * n * kWarp), kThreads, 0, stream>>>(
+    ee_cuda_projection_kernel<acc_t><<<grid_for(P * n * kWarp), kThreads, 0, stream>>>(
         X.data_ptr<acc_t>(), B, D, pairs.data_ptr<int64_t>(), c, grad.data_ptr<acc_t>(), P, n, s.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    expand_backward_kernel<acc_t><<<grid_for(P * D), kThreads, 0, stream>>>(
+    ee_cuda_expand_backward_kernel<acc_t><<<grid_for(P * D), kThreads, 0, stream>>>(
         X.data_ptr<acc_t>(), B, D, pairs.data_ptr<int64_t>(), c, grad.data_ptr<acc_t>(), s.data_ptr<acc_t>(), P, n,
         normalize, dX.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

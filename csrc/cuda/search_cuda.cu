@@ -26,7 +26,7 @@ constexpr int kScatterThreads = 256;
 
 template <typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kPairTile * kPairTile)
-    pairs_kernel(SearchArgs<acc_t> a, scalar_t* __restrict__ dist, int64_t* __restrict__ index) {
+    ee_cuda_pairs_kernel(SearchArgs<acc_t> a, scalar_t* __restrict__ dist, int64_t* __restrict__ index) {
   extern __shared__ __align__(16) unsigned char shared[];
   int64_t bp, bq;
   triangle_tile(int64_t(blockIdx.x), bp, bq);
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kPairTile * kPairTile)
 
 template <typename acc_t, typename scalar_t>
 __global__ void __launch_bounds__(kPointBlock)
-    points_kernel(SearchArgs<acc_t> a, scalar_t* __restrict__ dist, int64_t* __restrict__ index) {
+    ee_cuda_points_kernel(SearchArgs<acc_t> a, scalar_t* __restrict__ dist, int64_t* __restrict__ index) {
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t o = int64_t(blockIdx.x) * kPointBlock + threadIdx.x;
   Best<acc_t> best = no_best<acc_t>();
@@ -51,9 +51,10 @@ __global__ void __launch_bounds__(kPointBlock)
 }
 
 template <typename acc_t>
-__global__ void scatter_kernel(const PointCoef<acc_t>* __restrict__ coef, const int64_t* __restrict__ pairs, int64_t B,
-                               int64_t P, int64_t T, bool normalize, bool points, const acc_t* __restrict__ dist,
-                               const acc_t* __restrict__ grad, const int64_t* __restrict__ index, acc_t* __restrict__ dG) {
+__global__ void ee_cuda_scatter_kernel(const PointCoef<acc_t>* __restrict__ coef, const int64_t* __restrict__ pairs,
+                                       int64_t B, int64_t P, int64_t T, bool normalize, bool points,
+                                       const acc_t* __restrict__ dist, const acc_t* __restrict__ grad,
+                                       const int64_t* __restrict__ index, acc_t* __restrict__ dG) {
   auto add = [dG, B](int64_t r, int64_t c, acc_t v) { atomicAdd(dG + r * B + c, v); };
   const int64_t outputs = points ? P * T : P * P;
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outputs; o += int64_t(gridDim.x) * blockDim.x) {
@@ -98,17 +99,17 @@ std::tuple<Tensor, Tensor> search_cuda(const Tensor& X_, const Tensor& pairs_, c
                                  pairs.data_ptr<int64_t>(), plabel.data_ptr<int64_t>(), P, T};
     if (kPoints) {
       const size_t bytes = point_tile_bytes<acc_t>(T);
-      reserve_shared(points_kernel<acc_t, scalar_t>, bytes, T);
+      reserve_shared(ee_cuda_points_kernel<acc_t, scalar_t>, bytes, T);
       const int64_t blocks = (P * T + kPointBlock - 1) / kPointBlock;
       EE_CHECK_VALUE(blocks <= INT32_MAX, "hard_negative_points: P * (n_inner + 2) = ", P * T, " is too large");
-      points_kernel<acc_t, scalar_t><<<unsigned(blocks), kPointBlock, bytes, stream>>>(
+      ee_cuda_points_kernel<acc_t, scalar_t><<<unsigned(blocks), kPointBlock, bytes, stream>>>(
           args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
     } else {
       const size_t bytes = pair_tile_bytes<acc_t>(T);
-      reserve_shared(pairs_kernel<acc_t, scalar_t>, bytes, T);
+      reserve_shared(ee_cuda_pairs_kernel<acc_t, scalar_t>, bytes, T);
       const int64_t blocks = triangle_tiles(P);
       EE_CHECK_VALUE(blocks <= INT32_MAX, "hard_negative_pairs: P = ", P, " pairs is too large for one grid");
-      pairs_kernel<acc_t, scalar_t><<<unsigned(blocks), kPairTile * kPairTile, bytes, stream>>>(
+      ee_cuda_pairs_kernel<acc_t, scalar_t><<<unsigned(blocks), kPairTile * kPairTile, bytes, stream>>>(
           args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -136,7 +137,7 @@ Tensor search_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor&
     const Tensor coef = coef_table_cuda<acc_t>(X, pairs, nullptr, n, normalize, nullptr);
     const int64_t outputs = kPoints ? P * T : P * P;
     const int blocks = int(std::min<int64_t>((outputs + kScatterThreads - 1) / kScatterThreads, 1 << 20));
-    scatter_kernel<acc_t><<<blocks, kScatterThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    ee_cuda_scatter_kernel<acc_t><<<blocks, kScatterThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const PointCoef<acc_t>*>(coef.data_ptr<acc_t>()), pairs.data_ptr<int64_t>(), B, P, T,
         normalize, kPoints, dist.data_ptr<acc_t>(), grad.data_ptr<acc_t>(), index.data_ptr<int64_t>(),
         dG.data_ptr<acc_t>());
