@@ -456,6 +456,40 @@ def test_nan_in_nan_out(device):
     assert torch.isnan(d).any(dim=1).all()  # every pair has pair 1 among its negatives
 
 
+
+@pytest.mark.parametrize("points", [False, True], ids=["pairs", "points"])
+def test_nan_argmin_is_the_first_nan(points):
+    """A NaN minimum has the index of the first NaN candidate in the tie order, on the tile path (the GPU's
+    code, emulated) and through the public op. Through the Gram identity a NaN coordinate makes every point
+    of its pair NaN (0 * NaN), so: a NaN (p, q) has index (0, 0); a NaN (p, t) has (q, 0) with q the first
+    negative pair holding a NaN row, or the first negative pair at all when p holds one."""
+    seed = fresh_seed()
+    X, labels = make_batch(4, 4, 6)
+    X[3, 2] = float("nan")
+    X[9, 0] = float("nan")
+    op = ee_cuda.hard_negative_points if points else ee_cuda.hard_negative_pairs
+    for mode in ("adjacent", "all"):
+        pairs = ee_cuda.positive_pairs(labels, mode)
+        has_nan = torch.isnan(X[pairs]).any(dim=(1, 2))
+        plabel = labels[pairs[:, 0]]
+        negative = plabel[:, None] != plabel[None, :]
+        for n, normalize in ((0, True), (2, True), (3, False)):
+            for d, i in (torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, normalize, points),
+                         op(X, pairs, labels, n, normalize, **FUSED)):
+                msg = f"seed={seed} mode={mode} n={n} normalize={normalize}"
+                if points:
+                    expect_nan = (negative & has_nan[None, :]).any(dim=1) | has_nan
+                    first_q = torch.where(has_nan[:, None], negative, negative & has_nan[None, :]).int().argmax(dim=1)
+                    assert torch.equal(torch.isnan(d).all(dim=1), expect_nan), msg
+                    assert not torch.isnan(d[~expect_nan]).any(), msg
+                    assert torch.equal(i[expect_nan][..., 0], first_q[expect_nan, None].expand(-1, n + 2)), msg
+                    assert (i[expect_nan][..., 1] == 0).all(), msg
+                else:
+                    expect_nan = negative & (has_nan[:, None] | has_nan[None, :])
+                    assert torch.equal(torch.isnan(d), expect_nan), msg
+                    assert (i[expect_nan] == 0).all(), msg
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_within_reference_error(device, dtype):
     """Half inputs accumulate in float32; their error against float64 must be no worse than (a small

@@ -125,6 +125,18 @@ EE_HD acc_t sq_dist(const PointCoef<acc_t>& a, const PointCoef<acc_t>& b, acc_t 
   return d2 > acc_t(0) ? d2 : (d2 == d2 ? acc_t(0) : d2);  // keeps NaN
 }
 
+// A clamped squared distance as a running minimum under < ranks it: NaN (which torch.min propagates) as -1,
+// below every distance, so that the first NaN of a scan wins; unranked_sq_dist() gives the value back.
+template <typename T>
+EE_HD T ranked_sq_dist(T d2) {
+  return d2 > T(0) ? d2 : (d2 == d2 ? T(0) : T(-1));
+}
+
+template <typename T>
+EE_HD T unranked_sq_dist(T ranked) {
+  return ranked < T(0) ? T(NAN) : ranked;
+}
+
 // Total order for (min, argmin): NaN first (as torch.min propagates NaN), then smaller value, then smaller
 // key. Being a total order, the result does not depend on the order candidates are visited in.
 template <typename acc_t>

@@ -150,21 +150,35 @@ EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int
   }
   const int64_t i = sp.i[tp], j = sp.j[tp], k = sq.i[tq], l = sq.j[tq], B = a.B;
   const acc_t g_ik = a.gram[i * B + k], g_il = a.gram[i * B + l], g_jk = a.gram[j * B + k], g_jl = a.gram[j * B + l];
-  Best<acc_t> fwd = no_best<acc_t>(), bwd = no_best<acc_t>();
-  for (int64_t t = 0; t < T; ++t) {
-    const PointCoef<acc_t> at = sp.coef[t * kPairTile + tp];
-    for (int64_t r = 0; r < T; ++r) {
-      const acc_t d2 = sq_dist(at, sq.coef[r * kPairTile + tq], g_ik, g_il, g_jk, g_jl);
-      consider(fwd, d2, t * T + r);
-      consider(bwd, d2, r * T + t);
+  // r outer: b's doubled dots depend on (q, r) alone, so each candidate (t, r) costs the few flops of
+  // sq_dist_unclamped() and two comparisons. The scan visits r*T + t in increasing order, so the (q, p)
+  // minimum keeps its first candidate under a strict <; the (p, q) one (key t*T + r) takes an equal value
+  // only from a smaller t. Both start at (0, 0) with +inf: right when every candidate is +inf.
+  acc_t fwd_d = acc_t(INFINITY), bwd_d = acc_t(INFINITY);
+  int fwd_t = 0, fwd_r = 0, bwd_t = 0, bwd_r = 0;
+  for (int r = 0; r < int(T); ++r) {
+    const PointCoef<acc_t> b = sq.coef[r * kPairTile + tq];
+    const acc_t dot2_i = doubled_dot(b.alpha, b.beta, g_ik, g_il), dot2_j = doubled_dot(b.alpha, b.beta, g_jk, g_jl);
+    for (int t = 0; t < int(T); ++t) {
+      const acc_t d = ranked_sq_dist(sq_dist_unclamped(sp.coef[t * kPairTile + tp], b.sqnorm, dot2_i, dot2_j));
+      if (d < fwd_d || (d == fwd_d && t < fwd_t)) {
+        fwd_d = d;
+        fwd_t = t;
+        fwd_r = r;
+      }
+      if (d < bwd_d) {
+        bwd_d = d;
+        bwd_t = t;
+        bwd_r = r;
+      }
     }
   }
-  dist[pq] = scalar_t(sqrt(fwd.d2));
-  index[2 * pq] = fwd.key / T;
-  index[2 * pq + 1] = fwd.key % T;
-  dist[qp] = scalar_t(sqrt(bwd.d2));
-  index[2 * qp] = bwd.key / T;   // in (q, p)'s own terms: (t of q, r of p)
-  index[2 * qp + 1] = bwd.key % T;
+  dist[pq] = scalar_t(sqrt(unranked_sq_dist(fwd_d)));
+  index[2 * pq] = fwd_t;
+  index[2 * pq + 1] = fwd_r;
+  dist[qp] = scalar_t(sqrt(unranked_sq_dist(bwd_d)));
+  index[2 * qp] = bwd_r;   // in (q, p)'s own terms: (t of q, r of p)
+  index[2 * qp + 1] = bwd_t;
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""Offline GPU readiness of the compiled CUDA kernels: registers, spills, shared memory and SASS instruction
+counts per kernel and architecture, read from the built extension with cuobjdump (no GPU needed).
+
+    python bench/sass_stats.py [--lib ee_cuda/_C*.so] [--cuobjdump PATH] [--json PATH]
+
+``cuobjdump`` (and the ``nvdisasm`` it calls) come with a CUDA toolkit, or from the pip packages
+``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` (put the folder holding ``nvdisasm`` on ``PATH``).
+Per kernel of this extension (those of namespace ``ee``): SASS instructions in all, and those of its
+innermost loop, the smallest span closed by a backward branch that holds floating-point work (the candidate
+loop of a search).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = re.compile(r"^_ZN2ee")  # kernels of namespace ee (this extension's)
+FLOAT_OPS = re.compile(r"\b(FFMA|FADD|FMUL|FMNMX|FSETP|DFMA|DADD|DMUL|DSETP|FSEL)\b")
+
+
+def run(cmd):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def demangled_kernel(name: str) -> str:
+    m = re.search(r"\d+((?:ee_cuda_)?[a-z_]+_kernel)", name)
+    base = m.group(1) if m else name
+    # template arguments of the mangled name: f = float, d = double, N3c104HalfE / N3c108BFloat16E = half types
+    types = [("Half" if "Half" in t else "BFloat16" if "BFloat16" in t else {"f": "float", "d": "double"}.get(t, t))
+             for t in re.findall(r"(N3c104HalfE|N3c108BFloat16E|(?<=I)[fd]|(?<=[fd])[fd](?=E))", name)]
+    return f"{base}<{', '.join(types)}>" if types else base
+
+
+def resource_usage(lib, cuobjdump):
+    """{(arch, mangled name): {"registers", "stack", "shared", "local"}} from ``cuobjdump -res-usage``."""
+    out, arch, usage = run([cuobjdump, "-res-usage", lib]), None, {}
+    name = None
+    for line in out.splitlines():
+        m = re.search(r"arch = (sm_\d+)", line)
+        if m:
+            arch = m.group(1)
+        m = re.search(r"Function (\S+):", line)
+        if m:
+            name = m.group(1)
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+        if m and name and OURS.match(name):
+            usage[(arch, name)] = dict(zip(("registers", "stack", "shared", "local"), map(int, m.groups())))
+    return usage
+
+
+def sass(lib, cuobjdump):
+    """{(arch, mangled name): [(address, opcode text)]} from ``cuobjdump -sass``."""
+    out, arch, name, code = run([cuobjdump, "-sass", lib]), None, None, {}
+    for line in out.splitlines():
+        m = re.search(r"arch = (sm_\d+)", line)
+        if m:
+            arch = m.group(1)
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            name = m.group(1)
+            if OURS.match(name):
+                code[(arch, name)] = []
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m and name and (arch, name) in code:
+            code[(arch, name)].append((int(m.group(1), 16), m.group(2).strip()))
+    return code
+
+
+def innermost_loop(instrs):
+    """Instructions of the smallest backward-branch span that does floating-point work (0 if none)."""
+    best = None
+    for addr, text in instrs:
+        m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
+        if not m:
+            continue
+        target = int(m.group(1), 16)
+        if target >= addr:
+            continue
+        body = [t for a, t in instrs if target <= a <= addr]
+        if any(FLOAT_OPS.search(t) for t in body) and (best is None or len(body) < len(best)):
+            best = body
+    return len(best) if best else 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", default=None, help="the built extension (default: ee_cuda/_C*.so)")
+    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump") or "cuobjdump")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    lib = args.lib or (glob.glob(os.path.join(ROOT, "ee_cuda", "_C*.so")) or [None])[0]
+    if not lib:
+        sys.exit("sass_stats: no ee_cuda/_C*.so: build with FORCE_CUDA=1 first")
+    usage, code = resource_usage(lib, args.cuobjdump), sass(lib, args.cuobjdump)
+    rows = []
+    for (arch, name), instrs in sorted(code.items(), key=lambda kv: (kv[0][0], demangled_kernel(kv[0][1]))):
+        u = usage.get((arch, name), {})
+        rows.append({"arch": arch, "kernel": demangled_kernel(name), "mangled": name, "instructions": len(instrs),
+                     "inner_loop": innermost_loop(instrs), **u})
+    if not rows:
+        sys.exit(f"sass_stats: no kernel of namespace ee in {lib} (built without CUDA?)")
+    print(f"| arch | kernel | registers | spill (local bytes) | static shared | SASS instructions | innermost loop |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | `{r['kernel']}` | {r.get('registers', '?')} | {r.get('local', '?')} | "
+              f"{r.get('shared', '?')} | {r['instructions']} | {r['inner_loop']} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
