@@ -334,6 +334,39 @@ def skipped_section(recs):
     return "\n".join(out) if out else "None."
 
 
+def readiness_section(path):
+    """Offline GPU readiness (``bench/sass_stats.py``, before and after a change of the CUDA kernels)."""
+    if not os.path.exists(path):
+        return "No offline SASS statistics recorded (`docs/benchmarks/sass.json`, from `bench/sass_stats.py`)."
+    with open(path) as f:
+        g = json.load(f)
+    before = {(r["arch"], r["kernel"]): r for r in g["before"]["rows"]}
+    out = [f"Read from the built library, no GPU needed: {g['method']}. Before: `{g['before']['rev']}`, after: "
+           f"`{g['after']['rev']}`. The innermost loop is the smallest span closed by a backward branch that does "
+           "floating-point work; in a search kernel each candidate point loads once from shared memory, so "
+           "instructions / shared loads is about the instructions one candidate costs (a float point is one 16-byte "
+           "load, a double one two, so for doubles a candidate costs twice that column).", "",
+           "| arch | kernel | registers | spill bytes | SASS instructions | innermost loop (shared loads) | "
+           "per shared load |", "|---|---|---|---|---|---|---|"]
+
+    def per_load(r):
+        return f"{r['inner_loop'] / r['inner_loop_shared_loads']:.0f}" if r.get("inner_loop_shared_loads") else "-"
+
+    for r in g["after"]["rows"]:
+        b = before.get((r["arch"], r["kernel"]), {})
+
+        def pair(key, fmt=str):
+            old, new = b.get(key), r.get(key)
+            return fmt(new) if old == new or old is None else f"{fmt(old)} → {fmt(new)}"
+        loop_b = f"{b['inner_loop']} ({b['inner_loop_shared_loads']})" if b else None
+        loop_a = f"{r['inner_loop']} ({r['inner_loop_shared_loads']})"
+        loops = loop_a if loop_b in (None, loop_a) else f"{loop_b} → {loop_a}"
+        loads = per_load(r) if not b or per_load(b) == per_load(r) else f"{per_load(b)} → {per_load(r)}"
+        out.append(f"| {r['arch']} | `{r['kernel']}` | {pair('registers')} | {pair('local')} | "
+                   f"{pair('instructions')} | {loops} | {loads} |")
+    return "\n".join(out)
+
+
 def gpu_section(path):
     if not path or not os.path.exists(path):
         return ("No GPU results in this report: this machine has no GPU. On a CUDA machine run "
@@ -507,6 +540,10 @@ def main(argv=None):
         "## GPU",
         "",
         gpu_section(args.gpu),
+        "",
+        "### GPU readiness (offline: registers, spills, SASS)",
+        "",
+        readiness_section(os.path.join(ROOT, "docs", "benchmarks", "sass.json")),
         "",
         "## Method",
         "",

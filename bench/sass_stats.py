@@ -75,7 +75,9 @@ def sass(lib, cuobjdump):
 
 
 def innermost_loop(instrs):
-    """Instructions of the smallest backward-branch span that does floating-point work (0 if none)."""
+    """``(instructions, shared loads)`` of the smallest backward-branch span that does floating-point work
+    (``(0, 0)`` if none). In a search kernel each candidate loads one point from shared memory, so their
+    ratio is the instructions a candidate costs."""
     best = None
     for addr, text in instrs:
         m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
@@ -87,7 +89,7 @@ def innermost_loop(instrs):
         body = [t for a, t in instrs if target <= a <= addr]
         if any(FLOAT_OPS.search(t) for t in body) and (best is None or len(body) < len(best)):
             best = body
-    return len(best) if best else 0
+    return (len(best), sum(1 for t in best if t.startswith("LDS"))) if best else (0, 0)
 
 
 def main(argv=None):
@@ -103,15 +105,17 @@ def main(argv=None):
     rows = []
     for (arch, name), instrs in sorted(code.items(), key=lambda kv: (kv[0][0], demangled_kernel(kv[0][1]))):
         u = usage.get((arch, name), {})
+        loop, loads = innermost_loop(instrs)
         rows.append({"arch": arch, "kernel": demangled_kernel(name), "mangled": name, "instructions": len(instrs),
-                     "inner_loop": innermost_loop(instrs), **u})
+                     "inner_loop": loop, "inner_loop_shared_loads": loads, **u})
     if not rows:
         sys.exit(f"sass_stats: no kernel of namespace ee in {lib} (built without CUDA?)")
-    print(f"| arch | kernel | registers | spill (local bytes) | static shared | SASS instructions | innermost loop |")
+    print("| arch | kernel | registers | spill (local bytes) | static shared | SASS instructions | innermost loop "
+          "(shared loads) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['arch']} | `{r['kernel']}` | {r.get('registers', '?')} | {r.get('local', '?')} | "
-              f"{r.get('shared', '?')} | {r['instructions']} | {r['inner_loop']} |")
+              f"{r.get('shared', '?')} | {r['instructions']} | {r['inner_loop']} ({r['inner_loop_shared_loads']}) |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
