@@ -10,6 +10,12 @@ import torch
 _lib = "ee_cuda::"
 
 
+def _dist_like(X, *shape):
+    """The searches' dist: in the accumulation type (float32 for half inputs), which the backward reads; the
+    public ops round it to X's dtype."""
+    return X.new_empty(shape, dtype=torch.float64 if X.dtype == torch.float64 else torch.float32)
+
+
 @torch.library.register_fake(_lib + "expand")
 def _expand_fake(X, pairs, n_inner, normalize):
     return X.new_empty(pairs.shape[0], n_inner, X.shape[1])
@@ -18,13 +24,13 @@ def _expand_fake(X, pairs, n_inner, normalize):
 @torch.library.register_fake(_lib + "hard_negative_pairs")
 def _pairs_fake(X, pairs, labels, n_inner, normalize):
     P = pairs.shape[0]
-    return X.new_empty(P, P), pairs.new_empty(P, P, 2)
+    return _dist_like(X, P, P), pairs.new_empty(P, P, 2)
 
 
 @torch.library.register_fake(_lib + "hard_negative_points")
 def _points_fake(X, pairs, labels, n_inner, normalize):
     P = pairs.shape[0]
-    return X.new_empty(P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
+    return _dist_like(X, P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
 
 
 @torch.library.register_fake(_lib + "expand_backward")
@@ -46,7 +52,7 @@ def _points_backward_fake(grad, X, pairs, dist, index, n_inner, normalize):
 def _tiles_fake(X, pairs, labels, n_inner, normalize, points):
     P = pairs.shape[0]
     cols = n_inner + 2 if points else P
-    return X.new_empty(P, cols), pairs.new_empty(P, cols, 2)
+    return _dist_like(X, P, cols), pairs.new_empty(P, cols, 2)
 
 
 @torch.library.register_fake(_lib + "scatter_backward_emulated")

@@ -22,6 +22,13 @@ def _checked_by_kernel(fused: bool, X: torch.Tensor) -> bool:
     return fused and X.device.type == "cpu"
 
 
+def _in_dtype_of(X: torch.Tensor, found):
+    """The fused searches return dist in the accumulation type (float32 for half inputs), which autograd saves
+    for their backward: the gradients never see a distance rounded to half. The public dist is X's dtype."""
+    dist, index = found
+    return dist.to(X.dtype), index
+
+
 def expand(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool = True, *,
            backend: str | None = None) -> torch.Tensor:
     """Synthetic points of every positive pair (docs/design.md §2): ``(P, n_inner, D)``.
@@ -55,7 +62,8 @@ def hard_negative_pairs(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tens
     fused = use_fused("hard_negative_pairs", X.device, backend)
     check_pairs(pairs, X.shape[0], X.device, labels, values=not _checked_by_kernel(fused, X))
     if fused:
-        return torch.ops.ee_cuda.hard_negative_pairs(X, pairs.long(), labels.long(), n_inner, normalize)
+        found = torch.ops.ee_cuda.hard_negative_pairs(X, pairs.long(), labels.long(), n_inner, normalize)
+        return _in_dtype_of(X, found)
     return reference._hard_negative_pairs(X, pairs, labels, n_inner, normalize)
 
 
@@ -73,7 +81,8 @@ def hard_negative_points(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Ten
     fused = use_fused("hard_negative_points", X.device, backend)
     check_pairs(pairs, X.shape[0], X.device, labels, values=not _checked_by_kernel(fused, X))
     if fused:
-        return torch.ops.ee_cuda.hard_negative_points(X, pairs.long(), labels.long(), n_inner, normalize)
+        found = torch.ops.ee_cuda.hard_negative_points(X, pairs.long(), labels.long(), n_inner, normalize)
+        return _in_dtype_of(X, found)
     return reference._hard_negative_points(X, pairs, labels, n_inner, normalize)
 
 

@@ -490,6 +490,33 @@ def test_nan_argmin_is_the_first_nan(points):
                     assert (i[expect_nan] == 0).all(), msg
 
 
+@pytest.mark.parametrize("op", ["pairs", "points"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_run_in_float32(device, dtype, op):
+    """Half inputs are computed in float32 and rounded once, at the output, forward and backward: dist, index
+    and dX equal those of the same input in float32, rounded to the half dtype. (The registered op returns
+    its dist in float32, which autograd saves for the backward; the public op rounds it.)"""
+    seed = fresh_seed()
+    X, labels = make_batch(6, 4, 16, device=device, dtype=dtype)
+    pairs = ee_cuda.positive_pairs(labels, "all")
+    fn = getattr(ee_cuda, f"hard_negative_{op}")
+    grads, outs = [], []
+    w = None
+    for Xin in (X.clone(), X.float()):
+        Xin.requires_grad_(True)
+        d, i = fn(Xin, pairs, labels, 2, **FUSED)
+        w = torch.randn(d.shape, device=device).to(dtype) if w is None else w  # representable in both dtypes
+        loss = (torch.where(torch.isfinite(d), d, torch.zeros_like(d)) * w.to(d.dtype)).sum()
+        grads.append(torch.autograd.grad(loss, Xin)[0])
+        outs.append((d, i))
+    (dh, ih), (df, i_f) = outs
+    assert dh.dtype == dtype and grads[0].dtype == dtype
+    assert torch.equal(dh, df.to(dtype)) and torch.equal(ih, i_f), f"seed={seed}"
+    assert torch.equal(grads[0], grads[1].to(dtype)), f"seed={seed}"
+    raw = getattr(torch.ops.ee_cuda, f"hard_negative_{op}")(X, pairs, labels, 2, True)[0]
+    assert raw.dtype == torch.float32
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_within_reference_error(device, dtype):
     """Half inputs accumulate in float32; their error against float64 must be no worse than (a small

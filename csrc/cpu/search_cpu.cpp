@@ -117,7 +117,9 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
   const Tensor pairs = pairs_.contiguous();
   check_pair_values_on_cpu(pairs, X_.size(0), labels);
   const int64_t P = pairs.size(0), T = n + 2, cols = points ? T : P;
-  Tensor dist = at::empty({P, cols}, X_.options());
+  // dist in the accumulation type (float for half inputs): the backward reads it, and the public op rounds it
+  // to X's dtype.
+  Tensor dist = at::empty({P, cols}, X_.options().dtype(acc_type_of(X_)));
   Tensor index = at::empty({P, cols, 2}, pairs.options());
   if (P == 0) return {dist, index};
   const Tensor X = X_.to(acc_type_of(X_)).contiguous();
@@ -126,12 +128,12 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
   // X has a NaN or an infinity exactly when a diagonal Gram entry ||x_a||^2 does (or when it overflows): a
   // B-element check instead of one over X.
   const bool finite = at::isfinite(gram.diagonal()).all().item<bool>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_search_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_cpu", [&] {
+    using acc_t = scalar_t;
     const bool tiles = emulate_gpu || !finite || !row_keys_fit<acc_t>(P, T, points);
     const bool upper_only = !tiles && !points && pairs_ascending(pairs.data_ptr<int64_t>(), P);
     if (lower_missing && !upper_only) mirror_upper(gram.data_ptr<acc_t>(), X.size(0));
-    scalar_t* d = dist.data_ptr<scalar_t>();
+    acc_t* d = dist.data_ptr<acc_t>();
     int64_t* idx = index.data_ptr<int64_t>();
     if (tiles) {
       const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize), plabel = pair_labels(labels, pairs);

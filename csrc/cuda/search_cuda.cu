@@ -24,9 +24,9 @@ using at::Tensor;
 
 constexpr int kScatterThreads = 256;
 
-template <typename acc_t, typename scalar_t>
+template <typename acc_t>
 __global__ void __launch_bounds__(kPairTile * kPairTile)
-    ee_cuda_pairs_kernel(SearchArgs<acc_t> a, scalar_t* __restrict__ dist, int64_t* __restrict__ index) {
+    ee_cuda_pairs_kernel(SearchArgs<acc_t> a, acc_t* __restrict__ dist, int64_t* __restrict__ index) {
   extern __shared__ __align__(16) unsigned char shared[];
   int64_t bp, bq;
   triangle_tile(int64_t(blockIdx.x), bp, bq);
@@ -35,9 +35,9 @@ __global__ void __launch_bounds__(kPairTile * kPairTile)
   pair_tile_compute(a, shared, bp, bq, threadIdx.x / kPairTile, threadIdx.x % kPairTile, dist, index);
 }
 
-template <typename acc_t, typename scalar_t>
+template <typename acc_t>
 __global__ void __launch_bounds__(kPointBlock)
-    ee_cuda_points_kernel(SearchArgs<acc_t> a, scalar_t* __restrict__ dist, int64_t* __restrict__ index) {
+    ee_cuda_points_kernel(SearchArgs<acc_t> a, acc_t* __restrict__ dist, int64_t* __restrict__ index) {
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t o = int64_t(blockIdx.x) * kPointBlock + threadIdx.x;
   Best<acc_t> best = no_best<acc_t>();
@@ -84,33 +84,35 @@ std::tuple<Tensor, Tensor> search_cuda(const Tensor& X_, const Tensor& pairs_, c
   const c10::cuda::CUDAGuard guard(X_.device());
   const Tensor pairs = pairs_.contiguous(), labels = labels_.contiguous();
   const int64_t P = pairs.size(0), T = n + 2;
-  Tensor dist = at::empty(kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, P}, X_.options());
+  // dist in the accumulation type (float for half inputs): the backward reads it, and the public op rounds it
+  // to X's dtype.
+  Tensor dist = at::empty(kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, P}, X_.options().dtype(acc_type_of(X_)));
   Tensor index = at::empty(kPoints ? at::IntArrayRef{P, T, 2} : at::IntArrayRef{P, P, 2}, pairs.options());
   if (P == 0) return {dist, index};
   const Tensor X = X_.to(acc_type_of(X_)).contiguous();
   const Tensor gram = at::mm(X, X.t());
   Tensor plabel = at::empty({P}, pairs.options());
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X_.scalar_type(), "hard_negative_search_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_cuda", [&] {
+    using acc_t = scalar_t;
     const Tensor coef = coef_table_cuda<acc_t>(X, pairs, &labels, n, normalize, &plabel);
     const SearchArgs<acc_t> args{gram.data_ptr<acc_t>(), gram.size(0),
                                  reinterpret_cast<const PointCoef<acc_t>*>(coef.data_ptr<acc_t>()),
                                  pairs.data_ptr<int64_t>(), plabel.data_ptr<int64_t>(), P, T};
     if (kPoints) {
       const size_t bytes = point_tile_bytes<acc_t>(T);
-      reserve_shared(ee_cuda_points_kernel<acc_t, scalar_t>, bytes, T);
+      reserve_shared(ee_cuda_points_kernel<acc_t>, bytes, T);
       const int64_t blocks = (P * T + kPointBlock - 1) / kPointBlock;
       EE_CHECK_VALUE(blocks <= INT32_MAX, "hard_negative_points: P * (n_inner + 2) = ", P * T, " is too large");
-      ee_cuda_points_kernel<acc_t, scalar_t><<<unsigned(blocks), kPointBlock, bytes, stream>>>(
-          args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
+      ee_cuda_points_kernel<acc_t><<<unsigned(blocks), kPointBlock, bytes, stream>>>(
+          args, dist.data_ptr<acc_t>(), index.data_ptr<int64_t>());
     } else {
       const size_t bytes = pair_tile_bytes<acc_t>(T);
-      reserve_shared(ee_cuda_pairs_kernel<acc_t, scalar_t>, bytes, T);
+      reserve_shared(ee_cuda_pairs_kernel<acc_t>, bytes, T);
       const int64_t blocks = triangle_tiles(P);
       EE_CHECK_VALUE(blocks <= INT32_MAX, "hard_negative_pairs: P = ", P, " pairs is too large for one grid");
-      ee_cuda_pairs_kernel<acc_t, scalar_t><<<unsigned(blocks), kPairTile * kPairTile, bytes, stream>>>(
-          args, dist.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
+      ee_cuda_pairs_kernel<acc_t><<<unsigned(blocks), kPairTile * kPairTile, bytes, stream>>>(
+          args, dist.data_ptr<acc_t>(), index.data_ptr<int64_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
