@@ -38,38 +38,39 @@ def demangled_kernel(name: str) -> str:
     return f"{base}<{', '.join(types)}>" if types else base
 
 
-def resource_usage(lib, cuobjdump):
-    """{(arch, mangled name): {"registers", "stack", "shared", "local"}} from ``cuobjdump -res-usage``."""
-    out, arch, usage = run([cuobjdump, "-res-usage", lib]), None, {}
-    name = None
-    for line in out.splitlines():
+def our_lines(text, function_pattern):
+    """``(arch, mangled name, line)`` for each line of cuobjdump's ``text`` inside a function of ours, the
+    function's header line included."""
+    arch = name = None
+    for line in text.splitlines():
         m = re.search(r"arch = (sm_\d+)", line)
         if m:
             arch = m.group(1)
-        m = re.search(r"Function (\S+):", line)
+        m = re.search(function_pattern, line)
         if m:
             name = m.group(1)
+        if name and OURS.match(name):
+            yield arch, name, line
+
+
+def resource_usage(lib, cuobjdump):
+    """{(arch, mangled name): {"registers", "stack", "shared", "local"}} from ``cuobjdump -res-usage``."""
+    usage = {}
+    for arch, name, line in our_lines(run([cuobjdump, "-res-usage", lib]), r"Function (\S+):"):
         m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
-        if m and name and OURS.match(name):
+        if m:
             usage[(arch, name)] = dict(zip(("registers", "stack", "shared", "local"), map(int, m.groups())))
     return usage
 
 
 def sass(lib, cuobjdump):
     """{(arch, mangled name): [(address, opcode text)]} from ``cuobjdump -sass``."""
-    out, arch, name, code = run([cuobjdump, "-sass", lib]), None, None, {}
-    for line in out.splitlines():
-        m = re.search(r"arch = (sm_\d+)", line)
-        if m:
-            arch = m.group(1)
-        m = re.search(r"Function : (\S+)", line)
-        if m:
-            name = m.group(1)
-            if OURS.match(name):
-                code[(arch, name)] = []
-            continue
+    code = {}
+    for arch, name, line in our_lines(run([cuobjdump, "-sass", lib]), r"Function : (\S+)"):
+        if "Function : " in line:  # a header (a function inlined into several objects is listed once each)
+            code[(arch, name)] = []
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if m and name and (arch, name) in code:
+        if m:
             code[(arch, name)].append((int(m.group(1), 16), m.group(2).strip()))
     return code
 
