@@ -2,9 +2,11 @@
 
 Every public op validates here, before any kernel runs, and raises a ``TypeError`` or ``ValueError``
 naming the argument. Checks that need the values of a tensor (pair indices in range, pair labels equal)
-read a few reductions of them back to the host (on CUDA each read is a synchronization); under
-``torch.compile`` they are skipped (the CUDA kernels never read out of bounds: an invalid row makes the
-results computed from it NaN).
+read a few reductions of them back to the host on the CPU, and raise a ``ValueError`` naming the first bad
+row. On CUDA they are device-side assertions instead (``torch._assert_async``, as PyTorch's own index checks):
+no host read, so a training step stays free of synchronization and can be captured in a CUDA graph; a bad
+row fails when the device reaches the check, without its number. Under ``torch.compile`` they are skipped
+(the CUDA kernels never read out of bounds: an invalid row makes the results computed from it NaN).
 """
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
         raise ValueError(f"{name} is on {pairs.device} but the embeddings are on {device}; put both on one device")
     if not values or torch.compiler.is_compiling() or pairs.shape[0] == 0:
         return
+    if pairs.device.type == "cuda":
+        check_pair_values_on_device(pairs, B, labels, name)
+        return
     lo, hi = int(pairs.min()), int(pairs.max())
     if lo < 0 or hi >= B:
         bad = ((pairs < 0) | (pairs >= B)).any(dim=1).nonzero()[0, 0].item()
@@ -80,9 +85,30 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
                 f"labels[{i}]={labels[i].item()} != labels[{j}]={labels[j].item()}")
 
 
+def check_pair_values_on_device(pairs, B: int, labels=None, name: str = "pairs") -> None:
+    """``check_pairs``' value checks as assertions on the tensors' device, with no host read (the CUDA path;
+    on the CPU ``torch._assert_async`` raises at once, which the tests use)."""
+    torch._assert_async(((pairs >= 0) & (pairs < B)).all(), f"{name} holds indices outside [0, B={B})")
+    torch._assert_async((pairs[:, 0] != pairs[:, 1]).all(), f"{name} has a row that pairs a sample with itself")
+    if labels is not None and B > 0:
+        inside = pairs.clamp(0, B - 1)  # no out-of-bounds read while the first assertion is in flight
+        torch._assert_async((labels[inside[:, 0]] == labels[inside[:, 1]]).all(),
+                            f"{name} has a row that is not a positive pair (its two labels differ)")
+
+
+def check_adjacent_labels_on_device(labels: torch.Tensor) -> None:
+    pairs = labels.view(-1, 2)
+    torch._assert_async((pairs[:, 0] == pairs[:, 1]).all(),
+                        "labels: an adjacent pair (rows 2k, 2k+1) has different labels")
+
+
 def check_adjacent_labels(labels: torch.Tensor) -> None:
-    """Rows ``2k`` and ``2k+1`` share a label (the official sampler's layout); ``labels`` has even length."""
+    """Rows ``2k`` and ``2k+1`` share a label (the official sampler's layout); ``labels`` has even length.
+    On CUDA a device-side assertion (no host read), as in ``check_pair_values_on_device``."""
     if torch.compiler.is_compiling() or labels.shape[0] == 0:
+        return
+    if labels.device.type == "cuda":
+        check_adjacent_labels_on_device(labels)
         return
     pairs = labels.view(-1, 2)
     differ = pairs[:, 0] != pairs[:, 1]

@@ -108,3 +108,21 @@ def test_raw_ops_check_their_arguments(batch):
         ops.hard_negative_pairs_backward(d, X, pairs, d, i[..., :1], 2, True)
     with pytest.raises(ValueError, match="grad must have shape"):
         ops.hard_negative_pairs_backward(d[:1], X, pairs, d, i, 2, True)
+
+
+def test_device_side_value_checks():
+    """The CUDA path's value checks (device-side assertions, no host read), run on CPU tensors, where
+    torch._assert_async raises at once: valid pairs pass, each kind of bad row fails with its message."""
+    from ee_cuda._validation import check_adjacent_labels_on_device, check_pair_values_on_device
+    X, labels = make_batch(3, 4, 5)
+    pairs = ee_cuda.positive_pairs(labels)
+    check_pair_values_on_device(pairs, X.shape[0], labels)
+    check_adjacent_labels_on_device(labels)
+    for bad, message in ((pairs + X.shape[0], "outside"), (pairs - 20, "outside"),
+                         (torch.tensor([[1, 1]]), "itself"), (torch.tensor([[0, 5]]), "not a positive pair")):
+        with pytest.raises(RuntimeError, match=message):
+            check_pair_values_on_device(bad, X.shape[0], labels)
+    with pytest.raises(RuntimeError, match="outside"):
+        check_pair_values_on_device(torch.tensor([[0, 1]]), 0, labels[:0])
+    with pytest.raises(RuntimeError, match="different labels"):
+        check_adjacent_labels_on_device(torch.tensor([0, 0, 1, 2]))

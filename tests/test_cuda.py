@@ -79,3 +79,65 @@ def test_deterministic_mode_alerts_on_cuda_backward(op):
             torch.autograd.grad(loss, X)
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def _hphn_step(X, labels, loss_fn):
+    X.grad = None
+    loss = loss_fn(X, labels)
+    loss.backward()
+    return loss
+
+
+def test_hphn_step_makes_no_host_sync():
+    """An HPHN training step with EE in the adjacent layout (checks included) reads nothing back to the host:
+    no synchronization, so steps queue on the stream."""
+    X, labels = make_batch(32, 4, 64, device="cuda", dtype=torch.float32)
+    X.requires_grad_(True)
+    loss_fn = ee_cuda.HPHNTripletLoss(n_inner_pts=2)
+    _hphn_step(X, labels, loss_fn)  # warm-up: first-call allocations and lazy initialization
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _hphn_step(X, labels, loss_fn)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_hphn_step_captures_in_a_cuda_graph():
+    """The same step captured in a CUDA graph and replayed gives the eager loss and gradient."""
+    X, labels = make_batch(32, 4, 64, device="cuda", dtype=torch.float32)
+    X.requires_grad_(True)
+    loss_fn = ee_cuda.HPHNTripletLoss(n_inner_pts=2)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            _hphn_step(X, labels, loss_fn)
+    torch.cuda.current_stream().wait_stream(stream)
+    expect_loss = _hphn_step(X, labels, loss_fn).detach()
+    expect_grad = X.grad.clone()
+    graph = torch.cuda.CUDAGraph()
+    X.grad = None
+    with torch.cuda.graph(graph):
+        captured = loss_fn(X, labels)
+        captured.backward()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, expect_loss)
+    torch.testing.assert_close(X.grad, expect_grad)
+
+
+def test_bad_pairs_fail_on_the_device():
+    """On CUDA a bad pair is a device-side assertion (no host read), not a ValueError; in a subprocess, as a
+    failed device assertion leaves the CUDA context unusable."""
+    import subprocess
+    import sys
+    code = ("import torch, ee_cuda\n"
+            "X = torch.randn(8, 4, device='cuda')\n"
+            "labels = torch.arange(4, device='cuda').repeat_interleave(2)\n"
+            "pairs = torch.tensor([[0, 9]], device='cuda')\n"
+            "ee_cuda.hard_negative_pairs(X, pairs, labels, 2)\n"
+            "torch.cuda.synchronize()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "ValueError" not in res.stderr
