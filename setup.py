@@ -80,8 +80,14 @@ def describe(config):
 def _extensions(config):
     # The C++ standard comes from torch (C++17 or C++20 by version). No FMA contraction: the interpolation
     # must round as the reference does (see interpolate() in csrc/common/ee_math.h). No errno from the math
-    # functions (never read), so that loops of std::sqrt vectorize.
+    # functions (never read), so that loops of std::sqrt vectorize. OpenMP: at::parallel_for is a header
+    # template that starts threads only where _OPENMP is defined; the libgomp.so.1 torch has loaded serves
+    # them, so torch.set_num_threads governs the kernels too.
     cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     define_macros = []
     include_dirs = [os.path.abspath("csrc")]
@@ -90,7 +96,7 @@ def _extensions(config):
         include_dirs += _cuda_include_dirs()
     ext = cpp_extension.CUDAExtension if config["cuda"] else cpp_extension.CppExtension
     return [ext("ee_cuda._C", config["sources"], include_dirs=include_dirs, define_macros=define_macros,
-                extra_compile_args={"cxx": cxx, "nvcc": nvcc} if config["cuda"] else cxx)]
+                extra_compile_args={"cxx": cxx, "nvcc": nvcc} if config["cuda"] else cxx, extra_link_args=link)]
 
 
 if __name__ == "__main__":  # as setuptools' build backend runs it

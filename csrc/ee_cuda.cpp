@@ -32,6 +32,11 @@ namespace {
 pybind11::dict build_info() {
   pybind11::dict info;
   info["cpu"] = true;
+#ifdef _OPENMP
+  info["openmp"] = true;  // the CPU kernels' at::parallel_for runs on torch's intra-op threads
+#else
+  info["openmp"] = false;
+#endif
 #ifdef EE_WITH_CUDA
   info["cuda"] = true;
   info["cuda_arch_list"] = std::string(EE_CUDA_ARCH_LIST);

@@ -26,7 +26,7 @@ __all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pa
 
 
 def build_info() -> dict:
-    """Which fused kernels this install has: ``{"cpu", "cuda", "cuda_arch_list", "torch", ...}``."""
+    """Which fused kernels this install has: ``{"cpu", "openmp", "cuda", "cuda_arch_list", "torch", "backend"}``."""
     info = compiled_info()
     info["torch"] = torch.__version__
     info["backend"] = "fused" if _C is not None else "reference"

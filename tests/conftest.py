@@ -31,6 +31,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def torch_threads():
+    """A setter of torch's intra-op threads for the test; the count before it is restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ def test_build_info_keys():
     assert info["torch"] == torch.__version__
     assert info["cpu"] is True, "the fused CPU kernels are missing: build with `pip install -e .`"
     assert ee_cuda.reference.build_info()["cpu"] is False
+    if sys.platform.startswith("linux"):  # the CPU kernels' at::parallel_for must start threads
+        assert info["openmp"] is True
 
 
 @pytest.mark.skipif(os.environ.get("FORCE_CUDA") != "1" or os.environ.get("FORCE_ONLY_CPU") == "1",

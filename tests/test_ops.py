@@ -671,3 +671,31 @@ def test_cpu_backward_under_deterministic_mode(mode):
     finally:
         torch.use_deterministic_algorithms(previous)
     assert torch.equal(grads[0], grads[1]), f"seed={seed}"
+
+
+@pytest.mark.parametrize("mode", ["adjacent", "all"])
+def test_cpu_kernels_on_several_threads(mode, torch_threads):
+    """The CPU kernels' parallel regions (OpenMP through at::parallel_for): forward and backward of every op
+    on 1, 2 and 3 threads agree to rounding (a race would not), and repeat bit for bit on a given count. The
+    batch is large enough for every region to split (B = 512: the blocked Gram, both pairs-backward
+    routes: adjacent through the selected points, "all" through dG)."""
+    seed = fresh_seed()
+    X, labels = make_batch(128, 4, 24, dtype=torch.float64)
+    pairs = ee_cuda.positive_pairs(labels, mode)
+
+    def run():
+        Xg = X.clone().requires_grad_(True)
+        outs = [ee_cuda.expand(Xg, pairs, 3, backend="fused")]
+        outs += [op(Xg, pairs, labels, 3, backend="fused")[0]
+                 for op in (ee_cuda.hard_negative_pairs, ee_cuda.hard_negative_points)]
+        total = sum(torch.where(torch.isfinite(o), o, torch.zeros_like(o)).sum() for o in outs)
+        return outs + [torch.autograd.grad(total, Xg)[0]]
+
+    torch_threads(1)
+    expect = run()
+    for threads in (2, 3):
+        torch_threads(threads)
+        first, second = run(), run()
+        for a, b, e in zip(first, second, expect):
+            assert torch.equal(a, b), f"seed={seed} threads={threads}"
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed={seed} {threads}: {m}")

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <map>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -297,7 +298,9 @@ Tensor pairs_backward_through_gram(const BackwardArrays<acc_t>& arr, const std::
   auto add = [out, B](int64_t row, int64_t col, acc_t v) { out[row * B + col] += v; };
   const PairComponents pc = pair_components(pr, P, B);
   const int64_t components = int64_t(pc.offsets.size()) - 1;
-  std::vector<acc_t> own_total(P * T, acc_t(0));  // per point: the sum of its own entries' factors
+  // Per task, per point: the sum of its own entries' factors; the tasks' sums are added in task order after
+  // the parallel region, so that the gradient does not depend on which task finished first.
+  std::map<int64_t, std::vector<acc_t>> own_of_task;
   std::mutex own_mutex;
   constexpr int64_t kPrefetchOutputs = 64;
   at::parallel_for(0, components, 1, [&](int64_t begin, int64_t end) {
@@ -322,8 +325,11 @@ Tensor pairs_backward_through_gram(const BackwardArrays<acc_t>& arr, const std::
         }
       }
     std::lock_guard<std::mutex> lock(own_mutex);
-    for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
+    own_of_task.emplace(begin, std::move(own));
   });
+  std::vector<acc_t> own_total(P * T, acc_t(0));
+  for (const auto& [begin, own] : own_of_task)
+    for (int64_t e = 0; e < P * T; ++e) own_total[e] += own[e];
   own_entries(own_total, pr, P, n, add);
   symmetrize_in_place(out, B);
   return at::mm(dG, X);
