@@ -115,18 +115,9 @@ EE_HD T sq_dist_unclamped(const PointCoef<acc_t>& a, T b_sqnorm, T dot2_i, T dot
 #pragma GCC diagnostic pop
 #endif
 
-// Squared distance between a = (aa x_i + ba x_j) and b = (ab x_k + bb x_l) from the four Gram entries
-// g_ik, g_il, g_jk, g_jl; clamped at 0 against cancellation.
-template <typename acc_t>
-EE_HD acc_t sq_dist(const PointCoef<acc_t>& a, const PointCoef<acc_t>& b, acc_t g_ik, acc_t g_il, acc_t g_jk,
-                    acc_t g_jl) {
-  const acc_t d2 = sq_dist_unclamped(a, b.sqnorm, doubled_dot(b.alpha, b.beta, g_ik, g_il),
-                                     doubled_dot(b.alpha, b.beta, g_jk, g_jl));
-  return d2 > acc_t(0) ? d2 : (d2 == d2 ? acc_t(0) : d2);  // keeps NaN
-}
-
-// A clamped squared distance as a running minimum under < ranks it: NaN (which torch.min propagates) as -1,
-// below every distance, so that the first NaN of a scan wins; unranked_sq_dist() gives the value back.
+// A squared distance clamped at 0 against cancellation, as a running minimum under < ranks it: NaN (which
+// torch.min propagates) as -1, below every distance, so that the first NaN of a scan wins. Finite values are
+// the clamped distance itself; unranked_sq_dist() gives NaN back.
 template <typename T>
 EE_HD T ranked_sq_dist(T d2) {
   return d2 > T(0) ? d2 : (d2 == d2 ? T(0) : T(-1));
@@ -137,14 +128,13 @@ EE_HD T unranked_sq_dist(T ranked) {
   return ranked < T(0) ? T(NAN) : ranked;
 }
 
-// Total order for (min, argmin): NaN first (as torch.min propagates NaN), then smaller value, then smaller
-// key. Being a total order, the result does not depend on the order candidates are visited in.
+// Squared distance between a = (aa x_i + ba x_j) and b = (ab x_k + bb x_l) from the four Gram entries
+// g_ik, g_il, g_jk, g_jl, ranked (ranked_sq_dist()).
 template <typename acc_t>
-EE_HD bool is_better(acc_t d, int64_t key, acc_t best_d, int64_t best_key) {
-  const bool d_nan = d != d, best_nan = best_d != best_d;
-  if (d_nan != best_nan) return d_nan;
-  if (!d_nan && d != best_d) return d < best_d;
-  return key < best_key;
+EE_HD acc_t sq_dist(const PointCoef<acc_t>& a, const PointCoef<acc_t>& b, acc_t g_ik, acc_t g_il, acc_t g_jk,
+                    acc_t g_jl) {
+  return ranked_sq_dist(sq_dist_unclamped(a, b.sqnorm, doubled_dot(b.alpha, b.beta, g_ik, g_il),
+                                          doubled_dot(b.alpha, b.beta, g_jk, g_jl)));
 }
 
 // What the gradient of a distance needs from one of its points, with the cases of normalization folded

@@ -79,7 +79,8 @@ struct alignas(16) SharedWord {
   unsigned char bytes[16];
 };
 
-// Running (min, argmin) of squared distances.
+// Running (min, argmin) of ranked squared distances (ranked_sq_dist()), fed in increasing key order: a strict <
+// keeps the first key of the minimum (and the first NaN); key -1 until the first candidate.
 template <typename acc_t>
 struct Best {
   acc_t d2;
@@ -90,13 +91,13 @@ template <typename acc_t>
 EE_HD Best<acc_t> no_best() {
   Best<acc_t> b;
   b.d2 = acc_t(INFINITY);
-  b.key = INT64_MAX;
+  b.key = -1;
   return b;
 }
 
 template <typename acc_t>
 EE_HD void consider(Best<acc_t>& best, acc_t d2, int64_t key) {
-  if (is_better(d2, key, best.d2, best.key)) {
+  if (d2 < best.d2 || best.key < 0) {
     best.d2 = d2;
     best.key = key;
   }
@@ -193,7 +194,7 @@ EE_HD void point_tile_load(const SearchArgs<acc_t>& a, void* shared, int64_t q0,
   load_slab(a, slab_at<acc_t>(shared, kPointTileQ, a.T), q0, kPointTileQ, tid, nthreads);
 }
 
-// Output o = p*T + t against the tile of pairs starting at q0; keys are q*T + r.
+// Output o = p*T + t against the tile of pairs starting at q0; keys are q*T + r, visited in increasing order.
 template <typename acc_t>
 EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t q0, int64_t o, Best<acc_t>& best) {
   const int64_t T = a.T, p = o / T, B = a.B;
@@ -218,8 +219,8 @@ template <typename acc_t, typename scalar_t>
 EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>& best, scalar_t* dist,
                        int64_t* index) {
   if (o >= a.P * a.T) return;
-  const bool found = best.key != INT64_MAX;
-  dist[o] = scalar_t(found ? sqrt(best.d2) : acc_t(INFINITY));
+  const bool found = best.key >= 0;
+  dist[o] = scalar_t(found ? sqrt(unranked_sq_dist(best.d2)) : acc_t(INFINITY));
   index[2 * o] = found ? best.key / a.T : -1;
   index[2 * o + 1] = found ? best.key % a.T : -1;
 }
