@@ -352,8 +352,11 @@ def readiness_section(path):
     def per_load(r):
         return f"{r['inner_loop'] / r['inner_loop_shared_loads']:.0f}" if r.get("inner_loop_shared_loads") else "-"
 
+    after_names = {(r["arch"], r["kernel"]) for r in g["after"]["rows"]}
+    gone = sorted({k for a, k in before if (a, k) not in after_names and (a, _one_type(k)) not in after_names})
     for r in g["after"]["rows"]:
-        b = before.get((r["arch"], r["kernel"]), {})
+        # a kernel whose output type became its accumulation type: <float, float> before is <float> now
+        b = before.get((r["arch"], r["kernel"])) or before.get((r["arch"], _two_types(r["kernel"])), {})
 
         def pair(key, fmt=str):
             old, new = b.get(key), r.get(key)
@@ -364,7 +367,23 @@ def readiness_section(path):
         loads = per_load(r) if not b or per_load(b) == per_load(r) else f"{per_load(b)} → {per_load(r)}"
         out.append(f"| {r['arch']} | `{r['kernel']}` | {pair('registers')} | {pair('local')} | "
                    f"{pair('instructions')} | {loops} | {loads} |")
+    if gone:
+        out += ["", "Instantiations of the before build that the after build no longer has: "
+                + ", ".join(f"`{k}`" for k in gone) + "."]
     return "\n".join(out)
+
+
+def _two_types(kernel):
+    """``name<float>`` as ``name<float, float>``: the name a one-type kernel had with an output type too."""
+    name, _, args = kernel.partition("<")
+    return f"{name}<{args[:-1]}, {args}" if args and "," not in args else kernel
+
+
+def _one_type(kernel):
+    """``name<float, float>`` as ``name<float>`` (see ``_two_types``)."""
+    name, _, args = kernel.partition("<")
+    parts = args[:-1].split(", ") if args else []
+    return f"{name}<{parts[0]}>" if len(parts) == 2 and parts[0] == parts[1] else kernel
 
 
 def gpu_section(path):

@@ -3,6 +3,8 @@ counts per kernel and architecture, read from the built extension with cuobjdump
 
     python bench/sass_stats.py [--lib ee_cuda/_C*.so] [--cuobjdump PATH] [--json PATH]
 
+``--lib`` takes the built extension or any object file nvcc made from ``csrc/cuda``.
+
 ``cuobjdump`` (and the ``nvdisasm`` it calls) come with a CUDA toolkit, or from the pip packages
 ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` (put the folder holding ``nvdisasm`` on ``PATH``).
 Per kernel of this extension (those of namespace ``ee``): SASS instructions in all, and those of its
