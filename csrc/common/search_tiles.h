@@ -134,9 +134,9 @@ EE_HD void pair_tile_load(const SearchArgs<acc_t>& a, void* shared, int64_t bp, 
 
 // Thread (tp, tq) of tile (bp, bq): the unordered pair p = bp*16+tp < q = bq*16+tq (or the diagonal p == q).
 // One scan over the T x T grid gives both dist[p, q] (argmin by t*T + r) and dist[q, p] (by r*T + t).
-template <typename acc_t, typename scalar_t>
+template <typename acc_t>
 EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t bp, int64_t bq, int tp, int tq,
-                             scalar_t* dist, int64_t* index) {
+                             acc_t* dist, int64_t* index) {
   const int64_t p = bp * kPairTile + tp, q = bq * kPairTile + tq, P = a.P, T = a.T;
   if (p >= P || q >= P || q < p) return;
   const char* base = static_cast<const char*>(shared);
@@ -144,8 +144,8 @@ EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int
   const PairSlab<acc_t> sq = slab_at<acc_t>(const_cast<char*>(base) + slab_bytes<acc_t>(kPairTile, T), kPairTile, T);
   const int64_t pq = p * P + q, qp = q * P + p;
   if (sp.label[tp] == sq.label[tq]) {
-    dist[pq] = scalar_t(INFINITY);
-    dist[qp] = scalar_t(INFINITY);
+    dist[pq] = acc_t(INFINITY);
+    dist[qp] = acc_t(INFINITY);
     index[2 * pq] = index[2 * pq + 1] = index[2 * qp] = index[2 * qp + 1] = -1;
     return;
   }
@@ -174,10 +174,10 @@ EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int
       }
     }
   }
-  dist[pq] = scalar_t(sqrt(unranked_sq_dist(fwd_d)));
+  dist[pq] = acc_t(sqrt(unranked_sq_dist(fwd_d)));
   index[2 * pq] = fwd_t;
   index[2 * pq + 1] = fwd_r;
-  dist[qp] = scalar_t(sqrt(unranked_sq_dist(bwd_d)));
+  dist[qp] = acc_t(sqrt(unranked_sq_dist(bwd_d)));
   index[2 * qp] = bwd_r;   // in (q, p)'s own terms: (t of q, r of p)
   index[2 * qp + 1] = bwd_t;
 }
@@ -215,12 +215,12 @@ EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, in
   }
 }
 
-template <typename acc_t, typename scalar_t>
-EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>& best, scalar_t* dist,
+template <typename acc_t>
+EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>& best, acc_t* dist,
                        int64_t* index) {
   if (o >= a.P * a.T) return;
   const bool found = best.key >= 0;
-  dist[o] = scalar_t(found ? sqrt(unranked_sq_dist(best.d2)) : acc_t(INFINITY));
+  dist[o] = acc_t(found ? sqrt(unranked_sq_dist(best.d2)) : acc_t(INFINITY));
   index[2 * o] = found ? best.key / a.T : -1;
   index[2 * o + 1] = found ? best.key % a.T : -1;
 }

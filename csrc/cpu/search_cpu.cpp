@@ -45,8 +45,8 @@ SearchArgs<acc_t> search_args(const Tensor& gram, const Tensor& coef, const Tens
                            plabel.data_ptr<int64_t>(), pairs.size(0), T};
 }
 
-template <typename acc_t, typename scalar_t>
-void run_pair_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* index) {
+template <typename acc_t>
+void run_pair_tiles(const SearchArgs<acc_t>& args, acc_t* dist, int64_t* index) {
   at::parallel_for(0, triangle_tiles(args.P), 1, [&](int64_t begin, int64_t end) {
     std::vector<SharedWord> shared((pair_tile_bytes<acc_t>(args.T) + 15) / 16);  // the block's shared memory
     for (int64_t tile = begin; tile < end; ++tile) {
@@ -59,8 +59,8 @@ void run_pair_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* inde
   });
 }
 
-template <typename acc_t, typename scalar_t>
-void run_point_tiles(const SearchArgs<acc_t>& args, scalar_t* dist, int64_t* index) {
+template <typename acc_t>
+void run_point_tiles(const SearchArgs<acc_t>& args, acc_t* dist, int64_t* index) {
   const int64_t blocks = (args.P * args.T + kPointBlock - 1) / kPointBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<SharedWord> shared((point_tile_bytes<acc_t>(args.T) + 15) / 16);

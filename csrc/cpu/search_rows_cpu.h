@@ -383,8 +383,8 @@ bool row_keys_fit(int64_t P, int64_t T, bool points) {
 }
 
 // hard_negative_points: dist[p, t] and its first minimizer c = q*T + r, one task per row p. gram: (B, B).
-template <typename acc_t, typename scalar_t>
-void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, scalar_t* dist, int64_t* index) {
+template <typename acc_t>
+void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, acc_t* dist, int64_t* index) {
   using key_t = typename Lanes<acc_t>::key_t;
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = pb.T;
@@ -406,7 +406,7 @@ void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, s
           }
         }
         const int64_t o = p * T + t;
-        dist[o] = scalar_t(c < 0 ? acc_t(INFINITY) : std::sqrt(m));
+        dist[o] = acc_t(c < 0 ? acc_t(INFINITY) : std::sqrt(m));
         index[2 * o] = c < 0 ? -1 : c / T;
         index[2 * o + 1] = c < 0 ? -1 : c % T;
       }
@@ -417,8 +417,8 @@ void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, s
 // hard_negative_pairs. The task of row p scans the unordered pairs (p, q), q >= p, once (from p's block on;
 // lanes q < p are computed and dropped) and writes both outputs (p, q) and (q, p). Rows go to tasks in
 // pairs (k, P-1-k), so that each gets as much of the triangle. `upper_only`: see RowArgs.
-template <typename acc_t, typename scalar_t>
-void pair_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, bool upper_only, scalar_t* dist,
+template <typename acc_t>
+void pair_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, bool upper_only, acc_t* dist,
                    int64_t* index) {
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = pb.T, P = pb.P;
@@ -427,15 +427,15 @@ void pair_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, bo
     std::vector<acc_t> buf(3 * T * W);
     std::vector<PointCoef<acc_t>> coef(T);
     BlockResult<acc_t> res;
-    scalar_t d[W];
+    acc_t d[W];
     auto row = [&](int64_t p) {
       const RowArgs<acc_t> ra = row_args(pb, gram, B, p, upper_only, coef.data());
       for (int64_t b = p / W; b < pb.blocks; ++b) {
         pair_block(pb, ra, b, buf.data(), keys, res);
         const int64_t q0 = b * W, e0 = std::max<int64_t>(0, p - q0), e1 = std::min<int64_t>(W, P - q0);
         // Row p (contiguous; the compiler vectorizes it), then column p.
-        for (int e = 0; e < W; ++e) d[e] = scalar_t(res.t[e] >= 0 ? std::sqrt(res.m[e]) : acc_t(INFINITY));
-        scalar_t* d_row = dist + p * P + q0;
+        for (int e = 0; e < W; ++e) d[e] = acc_t(res.t[e] >= 0 ? std::sqrt(res.m[e]) : acc_t(INFINITY));
+        acc_t* d_row = dist + p * P + q0;
         int64_t* i_row = index + 2 * (p * P + q0);
         for (int64_t e = e0; e < e1; ++e) {
           d_row[e] = d[e];
