@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 pip install -q "torch>=2.4,<=2.14.1" numpy ninja pybind11 setuptools wheel pytest pytest-benchmark \
-    scikit-learn matplotlib tqdm pytorch-metric-learning
+    scikit-learn scipy matplotlib tqdm pytorch-metric-learning
 
 . scripts/find_cuda_home.sh
 

@@ -1,5 +1,5 @@
 """End-to-end test of ``python -m ee_cuda.repro`` on a tiny configuration, and unit tests of its
-parts (datasets, sampler, occlusion, tracked statistics, report verdicts)."""
+parts (the pairing of runs, the statistics, datasets, sampler, occlusion, tracked statistics)."""
 import json
 import math
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ee_cuda import reference
-from ee_cuda.repro import cli, data, experiments, report, train
+from ee_cuda.repro import cli, data, experiments, report, stats, train
 
 RNG = np.random.default_rng()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,50 +21,58 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
-    threads = torch.get_num_threads()
-    try:
-        path = cli.main(["--tiny", "--out", str(out), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
+    path = cli.main(["--tiny", "--out", str(out), "--no-progress", "--jobs", "2"])
     return out, path
+
+
+NAMES = ["exp1_losses", "exp2_synthetic_labels", "exp3_l2_norm", "exp4_n_sweep", "exp5_selection_ratio",
+         "exp6_hard_negative_heatmap", "exp7_occlusion", "exp8_cost"]
 
 
 def test_tiny_run_writes_everything(tiny_run):
     out, path = tiny_run
     assert path == os.path.join(str(out), "report.md")
-    names = ["exp1_losses", "exp2_synthetic_labels", "exp3_l2_norm", "exp4_n_sweep", "exp5_selection_ratio",
-             "exp6_hard_negative_heatmap", "exp7_occlusion", "exp8_cost"]
     import matplotlib.image as mpimg
-    for name in names:
+    for name in NAMES:
         with open(out / f"{name}.json") as f:
             assert json.load(f)["experiment"] == name
         img = mpimg.imread(out / f"{name}.png")
         assert img.shape[0] > 50 and img.shape[1] > 50
     report = open(path).read()
-    for name in names:
+    for name in NAMES:
         assert f"({name}.png)" in report
     for section in range(1, 9):
         assert re.search(rf"^## {section}\. ", report, re.M), section
+    info = json.load(open(out / "run_info.json"))
+    cfg = experiments.ReproConfig.tiny()
+    assert info["paired"] is True and info["seeds"] == cfg.main_seeds
+    d = info["datasets"]["glyphs"]
+    assert d["train_classes"] + d["test_classes"] == cfg.glyph_classes
+    assert info["runs"] == len(experiments.merge_requests(cfg.requests()))
 
 
 def test_report_tables_match_json(tiny_run):
     out, path = tiny_run
     report = open(path).read()
     e1 = json.load(open(out / "exp1_losses.json"))
-    assert len(e1["rows"]) == 2 * 2 * 2  # datasets x losses x (plain, EE)
-    for r in e1["rows"]:
-        assert len(r["per_seed"]) == 2
-        cells = " | ".join(f"{100 * r[m + '_mean']:.1f} ± {100 * r[m + '_std']:.1f}" for m in experiments.METRIC_KEYS)
-        assert cells in report
-        for m in experiments.METRIC_KEYS:
-            vals = [p[m] for p in r["per_seed"]]
-            assert r[m + "_mean"] == pytest.approx(np.mean(vals))
-            assert 0.0 <= r[m + "_mean"] <= 1.0
-    # one verdict line per dataset x loss
-    assert len(re.findall(r"^\| (digits|fonts) \| (Triplet|HPHN triplet) \| [+-]\d", report, re.M)) == 4
+    cfg = experiments.ReproConfig.tiny()
+    assert len(e1["curves"]) == sum(len(cfg.checkpoints_of(lo)) for lo in cfg.losses)
+    for c in e1["curves"]:
+        seeds = cfg.seeds_of(c["loss"])
+        ps = e1["per_seed"][c["loss"]]
+        i = ps["checkpoints"].index(c["iteration"])
+        plain = [r[i] for r in ps["plain_recall@1"]]
+        ee = [r[i] for r in ps["ee_recall@1"]]
+        assert c["k"] == len(seeds) and c["diffs"] == pytest.approx(np.subtract(ee, plain).tolist())
+        assert c["mean"] == pytest.approx(np.mean(np.subtract(ee, plain)))
+        row = (f"| {train.LOSS_TITLES[c['loss']]} | {c['iteration']} | {c['k']} | {100 * c['a_mean']:.1f} | "
+               f"{100 * c['b_mean']:.1f} | {100 * c['mean']:+.1f} ± {100 * c['se']:.1f} ")
+        assert row in report, row
+    assert all(r["same_batches"] for r in e1["final"])
+    assert len(re.findall(r"^- \*\*(Triplet|HPHN triplet)\*\*", report, re.M)) == 2
     e5 = json.load(open(out / "exp5_selection_ratio.json"))
     for curve in e5["curves"].values():
-        assert all(0.0 <= v <= 1.0 for v in curve)
+        assert all(0.0 <= v <= 1.0 for seed in curve["per_seed"] for v in seed)
     e8 = json.load(open(out / "exp8_cost.json"))
     assert {r["n_inner"] for r in e8["rows"]} == {0, 2}
     assert all(r["saved_bytes_step"] > 0 and r["seconds_per_iteration"] > 0 for r in e8["rows"])
@@ -77,24 +85,138 @@ def test_report_is_generated_from_json(tiny_run, tmp_path):
             (tmp_path / name).write_text((out / name).read_text())
     e1 = json.loads((tmp_path / "exp1_losses.json").read_text())
     value = float(RNG.uniform(0.1, 0.9))
-    e1["rows"][0]["recall@1_mean"] = value
+    e1["curves"][0]["b_mean"] = value
     (tmp_path / "exp1_losses.json").write_text(json.dumps(e1))
     text = open(report.write_report(str(tmp_path))).read()
-    assert f"{100 * value:.1f} ± " in text
+    assert f"| {100 * value:.1f} | " in text
 
 
-def test_resume_from_checkpoints(tiny_run):
+def test_resume_from_stored_runs(tiny_run):
     out, _ = tiny_run
     ctx = experiments.Context(experiments.ReproConfig.tiny(), str(out), progress=False)
     cfg = ctx.cfg
-    r = ctx.run(cfg.run_config("digits", "triplet", cfg.n_inner, cfg.seeds[1]))
-    assert r.get("from_checkpoint")
+    loss = cfg.losses[-1]
+    r = ctx.run(cfg.run_config(loss, cfg.n_inner, 1), cfg.checkpoints_of(loss))
+    assert r.get("from_checkpoint") and not ctx.trained
     e1 = json.load(open(out / "exp1_losses.json"))
-    row = next(x for x in e1["rows"] if x["dataset"] == "digits" and x["loss"] == "triplet" and x["ee"])
-    assert row["per_seed"][1]["recall@1"] == r["metrics"]["recall@1"]
+    assert e1["per_seed"][loss]["ee_recall@1"][1] == [c["recall@1"] for c in r["curve"]]
+    # a shorter request is served by the stored run's earlier checkpoints
+    r2 = ctx.run(cfg.run_config(loss, cfg.n_inner, 1), cfg.checkpoints_of(loss)[:1])
+    assert r2 is r and not ctx.trained
     model = train.load_model(r)
-    emb = train.embed(model, ctx.dataset("digits").x_test)
+    emb = train.embed(model, ctx.dataset().x_test)
     assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_glyphs(tmp_path_factory):
+    return data.load_glyphs(per_class=4, n_classes=12, cache_dir=str(tmp_path_factory.mktemp("glyphs")))
+
+
+def _small_run(ds, **kw):
+    rc = train.RunConfig(dataset="glyphs", loss=kw.pop("loss", "hphn"), P=3, K=4, width=4, embedding_dim=8,
+                         seed=kw.pop("seed", 0), **kw)
+    return train.train_run(rc, ds, (2, 5), progress=False)
+
+
+def test_pairing_same_init_and_batches(small_glyphs):
+    """Plain and EE runs of a seed share the initial weights and the batch sequence; another seed does not."""
+    seed = int(RNG.integers(1000))
+    print("seed", seed)
+    plain = _small_run(small_glyphs, seed=seed)
+    ee = _small_run(small_glyphs, seed=seed, n_inner=int(RNG.integers(1, 5)))
+    nonorm = _small_run(small_glyphs, seed=seed, n_inner=2, l2_norm=False, loss="triplet")
+    other = _small_run(small_glyphs, seed=seed + 1)
+    for r in (ee, nonorm):
+        assert r["init_digest"] == plain["init_digest"] and r["batch_digest"] == plain["batch_digest"]
+    assert other["init_digest"] != plain["init_digest"] and other["batch_digest"] != plain["batch_digest"]
+    assert ee["curve"] != plain["curve"]  # the loss does change what is learned
+
+
+def test_loss_cannot_change_the_batches(small_glyphs, monkeypatch):
+    """A loss that draws from torch's and numpy's global generators leaves the batches and the
+    initialization alone: the sampler owns its generator."""
+    plain = _small_run(small_glyphs, seed=3)
+    make = train.make_loss
+
+    def greedy(*args, **kwargs):
+        inner = make(*args, **kwargs)
+
+        def loss(x, y):
+            torch.rand(7)
+            np.random.rand(5)
+            return inner(x, y) + 0 * torch.randn(())
+        return loss
+
+    monkeypatch.setattr(train, "make_loss", greedy)
+    r = _small_run(small_glyphs, seed=3)
+    assert r["batch_digest"] == plain["batch_digest"] and r["init_digest"] == plain["init_digest"]
+
+
+def test_tracking_and_schedule_do_not_change_training(small_glyphs):
+    """Evaluation and tracking draw from no shared generator, and a longer schedule has the shorter one as
+    its prefix: a stored 1000-iteration run answers for its 500-iteration checkpoint."""
+    rc = train.RunConfig(dataset="glyphs", loss="hphn", n_inner=2, P=3, K=4, width=4, embedding_dim=8, seed=5)
+    short = train.train_run(rc, small_glyphs, (2, 4), progress=False)
+    long = train.train_run(rc, small_glyphs, (2, 4, 7), track=True, progress=False)
+    assert [c["recall@1"] for c in long["curve"][:2]] == [c["recall@1"] for c in short["curve"]]
+    assert [c["loss"] for c in long["curve"][:2]] == [c["loss"] for c in short["curve"]]
+    assert len(long["selection_ratio"]) == len(long["synthetic_recall"]) == len(long["class_distances"]) == 3
+
+
+def test_merge_requests_covers_every_request():
+    cfg = experiments.ReproConfig()
+    merged = experiments.merge_requests(cfg.requests())
+    for rc, cps, track in cfg.requests():
+        _, have, tracked = merged[rc.key()]
+        assert set(cps) <= set(have) and (tracked or not track)
+    main = cfg.run_config(cfg.main_loss, cfg.n_inner, 0)
+    assert merged[main.key()][1] == sorted(set(cfg.checkpoints) | set(cfg.ablation_checkpoints))
+    assert cfg.main_seeds >= 8 and len(cfg.checkpoints) >= 3 and cfg.loss_options["hphn"]["margin"] == 1e-5
+    full = experiments.ReproConfig.full()
+    assert full.ablation_seeds >= 5 and max(full.checkpoints) == 2000
+
+
+def test_paired_statistics_hand_worked():
+    """Differences 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), se sqrt(5/12), t = 2.5 / se with 3 degrees of
+    freedom. For 3 degrees of freedom the t distribution has a closed form,
+    P(|T| > t) = 1 - (2/pi) (x / (1 + x^2) + atan x) with x = t / sqrt(3); t_{0.975, 3} = 3.182446."""
+    s = stats.paired([0, 0, 0, 0], [1, 2, 3, 4])
+    se = math.sqrt(5 / 12)
+    t = 2.5 / se
+    x = t / math.sqrt(3)
+    p = 1 - (2 / math.pi) * (x / (1 + x * x) + math.atan(x))
+    assert s["diffs"] == [1, 2, 3, 4] and s["k"] == 4 and s["df"] == 3
+    assert s["mean"] == pytest.approx(2.5) and s["sd"] == pytest.approx(math.sqrt(5 / 3))
+    assert s["se"] == pytest.approx(se) and s["t"] == pytest.approx(t) and s["p"] == pytest.approx(p, rel=1e-9)
+    assert s["ci"] == pytest.approx([2.5 - 3.182446 * se, 2.5 + 3.182446 * se], rel=1e-6)
+    # the pairing matters: shifting both variants by a per-seed offset changes nothing
+    offsets = RNG.normal(size=4)
+    assert stats.paired(offsets, offsets + [1, 2, 3, 4])["se"] == pytest.approx(se)
+    one = stats.paired([0.5], [0.7])
+    assert one["mean"] == pytest.approx(0.2) and math.isnan(one["p"])
+    flat = stats.paired([0, 1], [1, 2])
+    assert flat["se"] == 0 and math.isnan(flat["p"])
+    with pytest.raises(ValueError):
+        stats.paired([1, 2], [1, 2, 3])
+
+
+def test_holm_hand_worked():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, 2 * 0.03, max(0.06, 1 * 0.04)
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adj = stats.holm([0.02, float("nan"), 0.01])  # untested entries do not count
+    assert adj[0] == pytest.approx(0.02) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.02)
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+    p = RNG.uniform(0, 0.2, size=int(RNG.integers(2, 9)))
+    adj = np.asarray(stats.holm(p))
+    assert (adj >= p).all() and (adj <= np.minimum(1, len(p) * p) + 1e-12).all()  # between raw and Bonferroni
+
+
+def test_verdict_words():
+    assert stats.verdict(0.02, 0.01) == "helped"
+    assert stats.verdict(-0.02, 0.049) == "hurt"
+    assert stats.verdict(0.05, 0.051) == "no effect detected"
+    assert stats.verdict(0.05, float("nan")) == "not tested"
 
 
 def test_cli_help():
@@ -102,20 +224,8 @@ def test_cli_help():
     res = subprocess.run([sys.executable, "-m", "ee_cuda.repro", "--help"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert res.returncode == 0
-    for opt in ("--full", "--datasets", "--losses", "--n", "--epochs", "--device", "--out"):
+    for opt in ("--full", "--dataset", "--losses", "--n", "--seeds", "--checkpoints", "--jobs", "--device", "--out"):
         assert opt in res.stdout
-
-
-def test_verdict_rule():
-    k = 3
-    s = float(RNG.uniform(0.001, 0.05))
-    base = float(RNG.uniform(0.2, 0.7))
-    se = math.sqrt(2 * s * s / k)
-    assert report.verdict(base, s, base + 3 * se, s, k, k)[3] == "helped"
-    assert report.verdict(base, s, base - 3 * se, s, k, k)[3] == "hurt"
-    assert report.verdict(base, s, base + 0.5 * se, s, k, k)[3].startswith("no clear effect")
-    assert report.verdict(base, 0.0, base + 0.01, 0.0, 1, 1)[3] == "not tested (one seed)"
-    assert report.verdict(base, s, base + 3 * se, s, k, k)[2] == pytest.approx(3.0)
 
 
 def test_digits_split_is_zero_shot():
@@ -124,25 +234,36 @@ def test_digits_split_is_zero_shot():
     assert d.x_train.shape[1:] == (1, 8, 8) and 0 <= float(d.x_train.min()) and float(d.x_train.max()) <= 1
 
 
-def test_fonts_render_and_split(tmp_path):
+def test_glyph_classes_are_fine_grained_and_many():
+    classes = data.glyph_classes()
+    assert len(classes) >= 300
+    families = {f for _, f, _ in classes}
+    assert families == set(data.FAMILIES)
+    assert len({(ch, f) for ch, f, _ in classes}) == len(classes)
+    chars = {}
+    for ch, f, fonts in classes:
+        assert len(fonts) >= 3 and all(data.font_family(p) == f for p in fonts)
+        chars.setdefault(ch, set()).add(f)
+    assert sum(len(f) > 1 for f in chars.values()) > 100  # the same character in several families
+
+
+def test_glyphs_render_and_split(tmp_path):
     n_classes, per_class = int(RNG.integers(6, 14)) * 2, int(RNG.integers(3, 6))
-    d = data.load_fonts(size=16, per_class=per_class, n_classes=n_classes, cache_dir=str(tmp_path),
-                        seed=int(RNG.integers(100)))
+    seed = int(RNG.integers(100))
+    print("seed", seed)
+    d = data.load_glyphs(size=16, per_class=per_class, n_classes=n_classes, cache_dir=str(tmp_path), seed=seed)
     tr, te = set(d.y_train.tolist()), set(d.y_test.tolist())
     assert not tr & te and len(tr) + len(te) == n_classes and len(tr) == n_classes // 2
     assert d.x_train.shape == (len(tr) * per_class, 1, 16, 16)
+    assert d.describe()["train_images"] == len(tr) * per_class
     assert float(d.x_train.min()) >= 0 and float(d.x_train.max()) <= 1
     ink = d.x_train.flatten(1).sum(1)
     assert bool((ink > 1).all())  # every image shows a glyph
     assert len(set(d.class_names)) == len(d.class_names) == n_classes
-
-
-def test_font_cache_roundtrip(tmp_path):
-    seed = int(RNG.integers(100))
-    a = data.load_fonts(per_class=3, n_classes=8, cache_dir=str(tmp_path), seed=seed)
+    assert {name.split(" ")[1] for name in d.class_names} == set(data.FAMILIES)  # an even share of families
+    again = data.load_glyphs(size=16, per_class=per_class, n_classes=n_classes, cache_dir=str(tmp_path), seed=seed)
     assert len(os.listdir(tmp_path)) == 1
-    b = data.load_fonts(per_class=3, n_classes=8, cache_dir=str(tmp_path), seed=seed)
-    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
 
 
 def test_pk_sampler_adjacent_layout():
@@ -189,6 +310,37 @@ def test_selection_ratio_matches_reference():
         want += (1 <= t <= n) or (1 <= r <= n)
     assert total == len(pairs) and synth == want
     assert train.selection_ratio(emb, labels, 0)[0] == 0
+
+
+def test_hphn_selection_ratio_brute_force():
+    """HPHN: the anchor's own points are x_i and its n synthetic copies toward x_{i^1}; the negatives are
+    every augmented row of another label (docs/design.md §9); count the anchors whose closest pair of the
+    two involves a synthetic point."""
+    n = int(RNG.integers(1, 4))
+    P, K = int(RNG.integers(2, 5)), 2 * int(RNG.integers(1, 3))
+    labels = torch.arange(P).repeat_interleave(K)
+    B = P * K
+    emb = torch.nn.functional.normalize(torch.randn(B, 6, dtype=torch.float64), dim=1)
+
+    def copies(i):  # [x_i, G_1[i], ..., G_n[i]]
+        j = i ^ 1
+        return [emb[i]] + [torch.nn.functional.normalize(((n + 1 - k) * emb[i] + k * emb[j]) / (n + 1), dim=0)
+                           for k in range(1, n + 1)]
+
+    synth = 0
+    for i in range(B):
+        best = None
+        for s, a in enumerate(copies(i)):
+            for j in range(B):
+                if labels[j] == labels[i]:
+                    continue
+                for r, b in enumerate(copies(j)):
+                    d = float((a - b).norm())
+                    if best is None or d < best[0]:
+                        best = (d, s > 0 or r > 0)
+        synth += best[1]
+    assert train.selection_ratio(emb, labels, n, loss="hphn") == (synth, B)
+    assert train.selection_ratio(emb, labels, 0, loss="hphn") == (0, B)
 
 
 def test_class_distance_matrix_brute_force():

@@ -3,13 +3,13 @@
 Both datasets split their *classes* into disjoint train and test halves (as CUB/Cars/SOP are split in the
 paper), so the test measures retrieval and clustering of classes never seen in training.
 
+- ``load_glyphs``: the fine-grained set of the verdicts, rendered from real font files shipped with
+  matplotlib and the OS (DejaVu, STIX, Computer Modern). A class is a character (Latin, digits, Greek,
+  Cyrillic, symbols) in one font family (sans, serif, mono); its instances are that character in the
+  family's fonts, with random jitter of size, rotation and position. The same character in two families
+  is two classes. Rendered with FreeType through ``matplotlib.ft2font``; cached as ``.npz``.
 - ``load_digits``: scikit-learn's handwritten digits (1797 real 8x8 scans shipped with scikit-learn);
-  train on digits 0-4, test on 5-9.
-- ``load_fonts``: a many-class set rendered from real font files shipped with matplotlib and the OS
-  (DejaVu, STIX, Computer Modern). A class is one character (Latin, digits, Greek, Cyrillic, symbols);
-  its instances are that character in different fonts, with random jitter of size, rotation and
-  position. Characters whose glyphs look identical to an earlier class (Latin ``A`` vs Cyrillic ``А``)
-  are dropped. Rendered with FreeType through ``matplotlib.ft2font``; cached as ``.npz``.
+  train on digits 0-4, test on 5-9. Ten classes: a smoke set.
 - ``PKSampler``: batches of ``P`` classes x ``K`` instances with each class's rows contiguous, so with
   an even ``K`` rows ``2k`` and ``2k+1`` share a label (the adjacent-pair layout HPHN needs).
 """
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_digits", "load_fonts", "load_dataset", "PKSampler", "font_files", "occlude"]
+__all__ = ["Dataset", "FAMILIES", "load_digits", "load_glyphs", "load_dataset", "PKSampler", "font_family", "font_files",
+           "glyph_classes", "render_glyphs", "occlude"]
 
 
 @dataclass
@@ -57,31 +58,46 @@ def load_digits() -> Dataset:
     return _split(x, d.target, np.arange(5), "digits", [str(i) for i in range(10)])
 
 
-# ---------------------------------------------------------------------------------------------- fonts
+# --------------------------------------------------------------------------------------------- glyphs
 
-def font_files() -> list:
-    """One file per distinct (family, style) among the fonts shipped with matplotlib and the OS that
-    hold real text glyphs (DejaVu, STIX General, Computer Modern text faces)."""
+FAMILIES = ("sans", "serif", "mono")
+
+
+def font_family(path: str):
+    """``"sans"``, ``"serif"``, ``"mono"`` or ``None``: the family a font file of matplotlib or the OS
+    belongs to (DejaVu Sans/Serif/Sans Mono with their condensed faces, STIX General, Computer Modern)."""
+    base = os.path.basename(path)
+    if base.startswith("DejaVuSansMono") or base == "cmtt10.ttf":
+        return "mono"
+    if base.startswith("DejaVuSans") or base == "cmss10.ttf":
+        return "sans"
+    if base.startswith(("DejaVuSerif", "STIXGeneral")) or base in ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf"):
+        return "serif"
+    return None
+
+
+def font_files() -> dict:
+    """``{family: [font file, ...]}``: one file per distinct (family name, style) among the text fonts
+    shipped with matplotlib and the OS (see ``font_family``)."""
     import matplotlib
     from matplotlib import ft2font
 
     candidates = sorted(glob.glob(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "*.ttf")))
     candidates += sorted(glob.glob("/usr/share/fonts/truetype/**/*.ttf", recursive=True))
-    keep, seen = [], set()
+    keep, seen = {f: [] for f in FAMILIES}, set()
     for path in candidates:
-        base = os.path.basename(path)
-        if not (base.startswith(("DejaVu", "STIXGeneral")) or base in
-                ("cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf")):
+        family = font_family(path)
+        if family is None:
             continue
         try:
             f = ft2font.FT2Font(path)
         except Exception:  # pragma: no cover - unreadable font file
             continue
         key = (f.family_name, f.style_name)
-        if key in seen or f.num_glyphs < 100 or "Display" in f.family_name:
+        if key in seen or f.num_glyphs < 100:
             continue
         seen.add(key)
-        keep.append(path)
+        keep[family].append(path)
     return keep
 
 
@@ -122,92 +138,108 @@ def _place(glyph: np.ndarray, canvas: int, dy: float, dx: float) -> np.ndarray:
 
 
 def _glyph_fonts(fonts, paths, ch):
-    owners = []
-    for i, f in enumerate(fonts):
-        if f.get_char_index(ord(ch)) == 0:
-            continue
-        if os.path.basename(paths[i]).startswith("cm") and not (ch.isascii() and ch.isalnum()):
-            continue
-        owners.append(i)
-    return owners
+    """Indices of the fonts that hold ``ch``; Computer Modern faces only for ASCII letters and digits
+    (their other code points hold other symbols)."""
+    return [i for i, f in enumerate(fonts) if f.get_char_index(ord(ch)) != 0
+            and not (os.path.basename(paths[i]).startswith("cm") and not (ch.isascii() and ch.isalnum()))]
 
 
-def render_fonts(size: int = 16, per_class: int = 24, min_fonts: int = 8, seed: int = 0, max_classes: int | None = None):
-    """Render the glyph set: ``(images (N, size, size) float32, labels (N,), class_names)``.
+def glyph_classes(min_fonts: int = 3, max_classes: int | None = None) -> list:
+    """The classes of the glyph set: ``[(character, family, [font files]), ...]``, in a fixed order.
 
-    Each image: a random font holding the glyph, glyph height jittered in [0.55, 0.85] of the canvas,
-    rotation in [-15, 15] degrees, shift up to 12% of the side; drawn at 2x and averaged down 2x2.
-    Computer Modern faces are used only for ASCII letters and digits (their other code points differ).
-    """
+    A class is a character drawn in one family; it exists when at least ``min_fonts`` fonts of that family
+    hold the character. Within a family, a character whose glyph looks like an earlier class's (Latin ``A``
+    and Cyrillic ``А``) is dropped, so no two classes of a family share a shape; across families the same
+    character stays, as distinct classes that differ in stroke detail only (the fine-grained part)."""
     import warnings
 
     from matplotlib import ft2font
 
-    paths = font_files()
-    fonts = [ft2font.FT2Font(p) for p in paths]
-    rng = np.random.default_rng(seed)
-    canvas = 2 * size
-    classes, signatures = [], []
-    ref_font = fonts[[os.path.basename(p) for p in paths].index("DejaVuSans.ttf")] if any(
-        os.path.basename(p) == "DejaVuSans.ttf" for p in paths) else fonts[0]
+    classes = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for ch in _candidate_chars():
-            owners = _glyph_fonts(fonts, paths, ch)
-            if len(owners) < min_fonts or ref_font.get_char_index(ord(ch)) == 0:
+        for family, paths in font_files().items():
+            fonts = [ft2font.FT2Font(p) for p in paths]
+            if not fonts:
                 continue
-            sig = _render(ref_font, ch, 40, 0.0)
-            if sig.size == 0:
-                continue
-            sig_small = _place(sig, 64, 0, 0)
-            if any(np.abs(sig_small - t).sum() < 0.3 * max(sig_small.sum(), t.sum()) for t in signatures):
-                continue  # looks identical to an earlier class
-            signatures.append(sig_small)
-            classes.append((ch, owners))
-            if max_classes and len(classes) >= max_classes:
-                break
-        images = np.zeros((len(classes) * per_class, size, size), np.float32)
-        labels = np.repeat(np.arange(len(classes)), per_class)
-        for c, (ch, owners) in enumerate(classes):
+            ref = fonts[0]
+            signatures = []
+            for ch in _candidate_chars():
+                owners = _glyph_fonts(fonts, paths, ch)
+                if len(owners) < min_fonts or ref.get_char_index(ord(ch)) == 0:
+                    continue
+                sig = _place(_render(ref, ch, 40, 0.0), 64, 0, 0)
+                if not sig.any() or any(np.abs(sig - t).sum() < 0.3 * max(sig.sum(), t.sum()) for t in signatures):
+                    continue
+                signatures.append(sig)
+                classes.append((ch, family, [paths[i] for i in owners]))
+    if max_classes:
+        # an even share of every family, so a small set stays fine-grained
+        by_family = [[c for c in classes if c[1] == f] for f in FAMILIES]
+        classes = [c for group in zip(*by_family) for c in group][:max_classes]
+    return classes
+
+
+def render_glyphs(size: int = 16, per_class: int = 16, seed: int = 0, max_classes: int | None = None):
+    """Render the glyph set: ``(images (N, size, size) float32, labels (N,), class names)``.
+
+    Each image: a random font of the class's family that holds the character, glyph height jittered in
+    [0.55, 0.85] of the canvas, rotation in [-15, 15] degrees, shift up to 12% of the side; drawn at 2x and
+    averaged down 2x2. Class names are ``"<character> <family>"``."""
+    import warnings
+
+    from matplotlib import ft2font
+
+    classes = glyph_classes(max_classes=max_classes)
+    cache = {}
+    rng = np.random.default_rng(seed)
+    canvas = 2 * size
+    images = np.zeros((len(classes) * per_class, size, size), np.float32)
+    labels = np.repeat(np.arange(len(classes)), per_class)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c, (ch, _, paths) in enumerate(classes):
             for m in range(per_class):
-                font = fonts[owners[rng.integers(len(owners))]]
+                path = paths[rng.integers(len(paths))]
+                if path not in cache:
+                    cache[path] = ft2font.FT2Font(path)
+                font = cache[path]
                 px = canvas * rng.uniform(0.55, 0.85)
                 glyph = _render(font, ch, px, rng.uniform(-15, 15))
                 if glyph.size and max(glyph.shape) > canvas:  # wide glyphs: shrink to fit
                     glyph = _render(font, ch, px * canvas / max(glyph.shape), 0.0)
                 big = _place(glyph, canvas, *(rng.uniform(-0.12, 0.12, 2) * canvas))
                 images[c * per_class + m] = big.reshape(size, 2, size, 2).mean((1, 3))
-    return images, labels, [ch for ch, _ in classes]
+    return images, labels, [f"{ch} {family}" for ch, family, _ in classes]
 
 
-def load_fonts(size: int = 16, per_class: int = 24, n_classes: int | None = None, cache_dir: str | None = None,
-               seed: int = 0) -> Dataset:
-    """The rendered-glyph dataset; classes shuffled (``seed``) and split in two disjoint halves.
-
-    ``n_classes`` keeps the first that many glyph classes (all by default). Cached under ``cache_dir``.
-    """
+def load_glyphs(size: int = 16, per_class: int = 16, n_classes: int | None = None, cache_dir: str | None = None,
+                seed: int = 0) -> Dataset:
+    """The fine-grained glyph set (``render_glyphs``); classes shuffled (``seed``) and split into two
+    disjoint halves, train and test. ``n_classes`` keeps that many classes, an even share of each family
+    (all by default). Cached under ``cache_dir``."""
     path = None
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
-        path = os.path.join(cache_dir, f"fonts_s{size}_k{per_class}_c{n_classes}_seed{seed}.npz")
+        path = os.path.join(cache_dir, f"glyphs_s{size}_k{per_class}_c{n_classes}_seed{seed}.npz")
     if path and os.path.exists(path):
         z = np.load(path, allow_pickle=False)
         x, y, names = z["x"], z["y"], list(z["names"])
     else:
-        x, y, names = render_fonts(size, per_class, seed=seed, max_classes=n_classes)
+        x, y, names = render_glyphs(size, per_class, seed=seed, max_classes=n_classes)
         if path:
             np.savez_compressed(path, x=x, y=y, names=np.array(names))
     order = np.random.default_rng(seed).permutation(len(names))
     train_classes = order[: len(names) // 2]
-    return _split(x, y, train_classes, "fonts", names)
+    return _split(x, y, train_classes, "glyphs", names)
 
 
 def load_dataset(name: str, cache_dir: str | None = None, **kw) -> Dataset:
     if name == "digits":
         return load_digits()
-    if name == "fonts":
-        return load_fonts(cache_dir=cache_dir, **kw)
-    raise ValueError(f"unknown dataset {name!r}; expected 'digits' or 'fonts'")
+    if name == "glyphs":
+        return load_glyphs(cache_dir=cache_dir, **kw)
+    raise ValueError(f"unknown dataset {name!r}; expected 'digits' or 'glyphs'")
 
 
 def occlude(x: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:

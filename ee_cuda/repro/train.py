@@ -1,5 +1,6 @@
 """Training loop for the experiments: P x K batches, a loss of ``ee_cuda.losses`` with or without EE,
-evaluation on the held-out classes, optional per-epoch tracking, and checkpoints of results.
+evaluation on the held-out classes at chosen iterations (checkpoints), optional tracking of the hard
+negatives, and stored results that later requests reuse.
 
 CPU by default; ``device="cuda"`` (or ``"auto"``) uses the GPU when present. Runs are deterministic for a
 given seed on one device and thread count.
@@ -12,7 +13,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,8 +22,8 @@ from .. import losses, metrics, ops
 from .data import Dataset, PKSampler
 from .models import EmbeddingNet
 
-__all__ = ["RunConfig", "LOSSES", "make_loss", "train_run", "embed", "set_seed", "resolve_device",
-           "selection_ratio", "class_distance_matrix", "synthetic_recall"]
+__all__ = ["RunConfig", "LOSSES", "make_loss", "train_run", "load_result", "at_checkpoint", "load_model", "embed",
+           "set_seed", "resolve_device", "selection_ratio", "class_distance_matrix", "synthetic_recall"]
 
 LOSSES = {"triplet": "TripletLoss", "lifted": "LiftedStructureLoss", "npair": "NPairLoss",
           "ms": "MultiSimilarityLoss", "hphn": "HPHNTripletLoss"}
@@ -32,24 +33,31 @@ LOSS_TITLES = {"triplet": "Triplet", "lifted": "Lifted structure", "npair": "N-p
 
 @dataclass
 class RunConfig:
+    """One training run. Runs that differ only in ``loss``, ``loss_options``, ``n_inner`` or ``l2_norm`` are
+    a paired set: they share the network's initialization and the sequence of batches (``pairing_key``).
+    How long a run trains is not part of it: the iterations at which it is evaluated are passed to
+    ``train_run``, and a run evaluated at 1000 iterations holds the 500-iteration run as its prefix."""
     dataset: str
-    loss: str = "triplet"
+    loss: str = "hphn"
     n_inner: int = 0          # synthetic points per pair; 0 = the plain loss (no EE)
     l2_norm: bool = True      # normalize synthetic points
     seed: int = 0
-    epochs: int = 10
-    iters_per_epoch: int = 30
-    P: int = 16               # classes per batch
-    K: int = 4                # instances per class (even: adjacent-pair layout)
+    P: int = 8                # classes per batch
+    K: int = 16               # instances per class (even: adjacent-pair layout)
     lr: float = 1e-3
     embedding_dim: int = 64
-    width: int = 32
+    width: int = 16
+    loss_options: dict = field(default_factory=dict)  # keyword arguments of the loss (e.g. HPHN's margin)
     device: str = "cpu"
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
         tag = f"{self.dataset}_{self.loss}_n{self.n_inner}{'' if self.l2_norm else '_nonorm'}_s{self.seed}"
         return tag + "_" + hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def pairing_key(self) -> tuple:
+        """What fixes the initialization and the batches: equal for the variants compared on one seed."""
+        return (self.dataset, self.seed, self.P, self.K, self.embedding_dim, self.width, self.device)
 
 
 def resolve_device(device: str) -> str:
@@ -66,14 +74,15 @@ def set_seed(seed: int) -> None:
 
 
 def make_loss(name: str, n_inner: int = 0, l2_norm: bool = True, **kwargs):
-    """``ee_cuda.losses`` module for ``name`` in ``LOSSES`` with the paper's default hyper-parameters."""
+    """``ee_cuda.losses`` module for ``name`` in ``LOSSES``: the library's defaults unless ``kwargs`` say
+    otherwise."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
     return getattr(losses, LOSSES[name])(n_inner_pts=n_inner, l2_norm=l2_norm, **kwargs)
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", batch: int = 1024) -> torch.Tensor:
+def embed(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", batch: int = 256) -> torch.Tensor:
     """Embeddings of ``x`` in eval mode, on ``device``; restores the model's training flag."""
     was_training = model.training
     model.eval()
@@ -84,22 +93,38 @@ def embed(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", batch: i
 
 
 @torch.no_grad()
-def selection_ratio(emb: torch.Tensor, labels: torch.Tensor, n_inner: int, l2_norm: bool = True) -> tuple:
-    """Of the hard negatives the pair-based EE losses choose (for each positive pair ``p`` its hardest
-    negative pair ``q* = argmin_q dist[p, q]`` and that pair's minimizing ``(t, r)`` from
-    ``ee_cuda.hard_negative_pairs``), how many involve a synthetic point (``1 <= t <= n`` or
-    ``1 <= r <= n``): ``(synthetic count, total count)``."""
+def selection_ratio(emb: torch.Tensor, labels: torch.Tensor, n_inner: int, l2_norm: bool = True,
+                    loss: str = "triplet") -> tuple:
+    """Of the hard negatives ``loss`` chooses, how many involve a synthetic point: ``(synthetic, total)``.
 
-    pairs = ops.positive_pairs(labels, "all")
-    if n_inner == 0 or pairs.shape[0] == 0:
-        return 0, int(pairs.shape[0])
+    Pair losses: for each positive pair ``p`` its hardest negative pair ``q* = argmin_q dist[p, q]`` and
+    that pair's minimizing ``(t, r)`` from ``ee_cuda.hard_negative_pairs``; synthetic when ``1 <= t <= n``
+    or ``1 <= r <= n``. HPHN: for each anchor ``i`` the minimum over its own points (``x_i`` and its ``n``
+    synthetic copies toward ``x_{i^1}``) of ``ee_cuda.hard_negative_points`` on the pairs ``(i, i^1)``;
+    synthetic when the anchor's point or the negative point is. Rows without a negative are not counted."""
+
+    if loss == "hphn":
+        rows = torch.arange(len(labels), device=labels.device)
+        pairs = torch.stack([rows, rows ^ 1], dim=1)
+    else:
+        pairs = ops.positive_pairs(labels, "all")
+    if pairs.shape[0] == 0:
+        return 0, 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        dist, index = ops.hard_negative_pairs(emb.float(), pairs, labels, n_inner, l2_norm)
-    finite = torch.isfinite(dist).any(1)
-    q = dist.argmin(1)
-    tr = index[torch.arange(len(q), device=q.device), q]
-    synth = ((tr >= 1) & (tr <= n_inner)).any(1) & finite
+        if loss == "hphn":
+            dist, index = ops.hard_negative_points(emb.float(), pairs, labels, n_inner, l2_norm)
+            own = dist[:, : n_inner + 1]
+            t = own.argmin(1)
+            finite = torch.isfinite(own).any(1)
+            r = index[torch.arange(len(t), device=t.device), t, 1]
+            synth = ((t >= 1) | ((r >= 1) & (r <= n_inner))) & finite
+        else:
+            dist, index = ops.hard_negative_pairs(emb.float(), pairs, labels, n_inner, l2_norm)
+            finite = torch.isfinite(dist).any(1)
+            q = dist.argmin(1)
+            tr = index[torch.arange(len(q), device=q.device), q]
+            synth = ((tr >= 1) & (tr <= n_inner)).any(1) & finite
     return int(synth.sum()), int(finite.sum())
 
 
@@ -130,18 +155,23 @@ def synthetic_recall(emb: torch.Tensor, labels: torch.Tensor, n_inner: int, l2_n
     """Recall@1 of synthetic points vs originals (docs/design.md §11, experiment 2), on held-out embeddings.
 
     Originals: leave-one-out recall@1. Synthetic: ``n_inner`` points (``ee_cuda.expand``) between
-    ``n_pairs`` random same-label pairs, each queried against all originals except its two endpoints
-    (an endpoint is trivially of the same label)."""
+    ``n_pairs`` random same-label pairs (a random sample of a class with at least two, and another sample
+    of its class), each queried against all originals except its two endpoints (an endpoint is trivially
+    of the same label)."""
 
-    g = torch.Generator().manual_seed(seed)
-    lab = labels.cpu()
-    n = len(lab)
-    i = torch.randint(0, n, (n_pairs * 4,), generator=g)
-    j = torch.randint(0, n, (n_pairs * 4,), generator=g)
-    ok = (lab[i] == lab[j]) & (i != j)
-    if not bool(ok.any()):  # sparse classes: build pairs class by class
-        raise ValueError("no same-label pairs found")
-    pairs = torch.stack([i[ok], j[ok]], 1)[:n_pairs].to(emb.device)
+    rng = np.random.default_rng(seed)
+    lab = labels.cpu().numpy()
+    members = {c: np.flatnonzero(lab == c) for c in np.unique(lab)}
+    eligible = np.concatenate([m for m in members.values() if len(m) > 1] or [np.zeros(0, np.int64)])
+    if len(eligible) == 0:
+        raise ValueError("no class has two samples: no same-label pair exists")
+    i = rng.choice(eligible, n_pairs)
+    j = np.empty_like(i)
+    for k, a in enumerate(i):
+        m = members[lab[a]]
+        r = rng.integers(len(m) - 1)
+        j[k] = m[r] if m[r] != a else m[-1]  # a uniform choice among the class's other samples
+    pairs = torch.as_tensor(np.stack([i, j], 1), device=emb.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         syn = ops.expand(emb.float(), pairs, n_inner, l2_norm)  # (P, n, D)
@@ -161,94 +191,130 @@ def _probe_batch(ds: Dataset, n_classes: int = 10, per_class: int = 4, seed: int
     return ds.x_train[idx], ds.y_train[idx]
 
 
-def _load_checkpoint(path_json, path_pt):
-    if os.path.exists(path_json) and os.path.exists(path_pt):
-        with open(path_json) as f:
-            result = json.load(f)
-        result["state_dict"] = torch.load(path_pt, map_location="cpu", weights_only=True)
-        result["from_checkpoint"] = True
-        return result
-    return None
+def _digest(h, tensor_or_array) -> None:
+    a = tensor_or_array.detach().cpu().numpy() if isinstance(tensor_or_array, torch.Tensor) else tensor_or_array
+    h.update(np.ascontiguousarray(a).tobytes())
 
 
-def train_run(cfg: RunConfig, ds: Dataset, track: bool = False, checkpoint_dir: str | None = None,
-              progress: bool = True, eval_seed: int = 0) -> dict:
-    """Train one model and evaluate it on the held-out classes.
+def load_result(checkpoint_dir: str, cfg: RunConfig, checkpoints, track: bool = False):
+    """The stored result of ``cfg`` if one covers every iteration in ``checkpoints`` (and was tracked when
+    ``track``), else ``None``."""
+    path = os.path.join(checkpoint_dir, cfg.key() + ".json")
+    if not (os.path.exists(path) and os.path.exists(path[:-5] + ".pt")):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    if not set(map(int, checkpoints)) <= set(result["checkpoints"]) or (track and not result["tracked"]):
+        return None
+    result["state_dict"] = torch.load(path[:-5] + ".pt", map_location="cpu", weights_only=True)
+    result["from_checkpoint"] = True
+    return result
 
-    Returns a JSON-able dict (plus ``"state_dict"``): ``config``, ``metrics`` (``ee_cuda.metrics.evaluate``
-    on the test set), ``loss_per_epoch``, ``seconds_per_epoch`` (training only), and with ``track=True``
-    per-epoch ``selection_ratio`` (over the training batches), ``synthetic_recall`` (test set) and
-    ``class_distances`` (a fixed probe batch of 10 training classes). With ``checkpoint_dir`` a finished
-    run is saved there and reloaded instead of retrained.
+
+def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), track: bool = False,
+              checkpoint_dir: str | None = None, progress: bool = True, eval_seed: int = 0) -> dict:
+    """Train one model for ``max(checkpoints)`` iterations and evaluate it on the held-out classes at
+    every iteration in ``checkpoints``.
+
+    The network is initialized from ``torch.manual_seed(cfg.seed)`` and the batches come from a
+    ``PKSampler`` seeded with ``cfg.seed``, whose generator nothing else draws from: the variants of one
+    seed see the same initial weights and the same batches whatever their loss does (``init_digest`` and
+    ``batch_digest`` in the result let a reader check it). Evaluation and tracking run in eval mode and draw
+    from no shared generator, so they do not change the training.
+
+    Returns a JSON-able dict (plus ``"state_dict"``, the final weights): ``config``, ``checkpoints``,
+    ``curve`` (per checkpoint: ``ee_cuda.metrics.evaluate`` on the test set, the mean training loss and
+    the training seconds since the previous checkpoint), ``metrics`` (the last checkpoint's), the digests,
+    and with ``track=True`` per checkpoint ``selection_ratio`` (over the training batches since the
+    previous checkpoint), ``synthetic_recall`` (test set) and ``class_distances`` (a fixed probe batch of
+    10 training classes). With ``checkpoint_dir`` the result is stored there and reused when it covers a
+    later request (``load_result``).
     """
     from tqdm.auto import tqdm
 
+    checkpoints = sorted({int(c) for c in checkpoints})
+    if not checkpoints or checkpoints[0] < 1:
+        raise ValueError(f"checkpoints must be positive iteration counts, got {checkpoints}")
     device = resolve_device(cfg.device)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
-        pj = os.path.join(checkpoint_dir, cfg.key() + (".track" if track else "") + ".json")
-        pp = pj[:-5] + ".pt"
-        cached = _load_checkpoint(pj, pp)
+        cached = load_result(checkpoint_dir, cfg, checkpoints, track)
         if cached is not None:
             return cached
     set_seed(cfg.seed)
     model = EmbeddingNet(cfg.embedding_dim, cfg.width).to(device)
-    loss_fn = make_loss(cfg.loss, cfg.n_inner, cfg.l2_norm)
+    init = hashlib.sha1()
+    for v in model.state_dict().values():
+        _digest(init, v)
+    loss_fn = make_loss(cfg.loss, cfg.n_inner, cfg.l2_norm, **cfg.loss_options)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = PKSampler(ds.y_train, min(cfg.P, int(ds.y_train.unique().numel())), cfg.K, cfg.iters_per_epoch,
+    sampler = PKSampler(ds.y_train, min(cfg.P, int(ds.y_train.unique().numel())), cfg.K, checkpoints[-1],
                         seed=cfg.seed)
+    batches = hashlib.sha1()
     x_train, y_train = ds.x_train.to(device), ds.y_train.to(device)
+    y_test = ds.y_test.to(device)
     probe_x, probe_y = _probe_batch(ds)
     n_probe = cfg.n_inner if cfg.n_inner > 0 else 2
-    hist = {"loss_per_epoch": [], "seconds_per_epoch": []}
-    if track:
-        hist.update(selection_ratio=[], synthetic_recall=[], class_distances=[])
-    bar = tqdm(total=cfg.epochs * cfg.iters_per_epoch, desc=cfg.key()[:-9], leave=False, disable=not progress)
-    for epoch in range(cfg.epochs):
-        model.train()
-        t0, losses, sel, tot, track_s = time.perf_counter(), [], 0, 0, 0.0
-        for batch in sampler:
-            idx = torch.as_tensor(batch, device=device)
-            emb = model(x_train[idx])
-            labels = y_train[idx]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                loss = loss_fn(emb, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if track:
-                t1 = time.perf_counter()
-                s, t = selection_ratio(emb.detach(), labels, cfg.n_inner, cfg.l2_norm)
-                sel, tot, track_s = sel + s, tot + t, track_s + time.perf_counter() - t1
-            bar.update(1)
+    curve, tracked = [], {"selection_ratio": [], "synthetic_recall": [], "class_distances": []}
+    bar = tqdm(total=checkpoints[-1], desc=cfg.key()[:-9], leave=False, disable=not progress)
+    model.train()
+    t0, losses, sel, tot, track_s = time.perf_counter(), [], 0, 0, 0.0
+    for it, batch in enumerate(sampler, start=1):
+        _digest(batches, np.asarray(batch, dtype=np.int64))
+        idx = torch.as_tensor(batch, device=device)
+        emb = model(x_train[idx])
+        labels = y_train[idx]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            loss = loss_fn(emb, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if track:
+            t1 = time.perf_counter()
+            s, t = selection_ratio(emb.detach(), labels, cfg.n_inner, cfg.l2_norm, cfg.loss)
+            sel, tot, track_s = sel + s, tot + t, track_s + time.perf_counter() - t1
+        bar.update(1)
+        if it not in checkpoints:
+            continue
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        hist["seconds_per_epoch"].append(time.perf_counter() - t0 - track_s)
-        hist["loss_per_epoch"].append(float(np.mean(losses)))
+        seconds = time.perf_counter() - t0 - track_s
+        test_emb = embed(model, ds.x_test, device)
+        curve.append({"iteration": it, **metrics.evaluate(test_emb, y_test, seed=eval_seed),
+                      "loss": float(np.mean(losses)), "train_seconds": seconds})
         if track:
-            hist["selection_ratio"].append(sel / max(tot, 1))
-            test_emb = embed(model, ds.x_test, device)
-            hist["synthetic_recall"].append(synthetic_recall(test_emb, ds.y_test.to(device), n_probe, cfg.l2_norm,
-                                                             seed=epoch))
+            tracked["selection_ratio"].append(sel / max(tot, 1))
+            tracked["synthetic_recall"].append(synthetic_recall(test_emb, y_test, n_probe, cfg.l2_norm, seed=it))
             pe = embed(model, probe_x, device)
             mat, classes = class_distance_matrix(pe, probe_y.to(device), cfg.n_inner, cfg.l2_norm)
-            hist["class_distances"].append(mat)
-            hist["probe_classes"] = [ds.class_names[c] if ds.class_names else c for c in classes]
-        bar.set_postfix(loss=f"{hist['loss_per_epoch'][-1]:.3f}")
+            tracked["class_distances"].append(mat)
+            tracked["probe_classes"] = [ds.class_names[c] if ds.class_names else c for c in classes]
+        bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", r1=f"{curve[-1]['recall@1']:.3f}")
+        t0, losses, sel, tot, track_s = time.perf_counter(), [], 0, 0, 0.0
     bar.close()
-    test_emb = embed(model, ds.x_test, device)
-    result = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "device": device,
-              "metrics": metrics.evaluate(test_emb, ds.y_test.to(device), seed=eval_seed),
-              "train_seconds": float(sum(hist["seconds_per_epoch"])), **hist}
+    result = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "device": device, "checkpoints": checkpoints,
+              "curve": curve, "metrics": {k: v for k, v in curve[-1].items() if k != "iteration"},
+              "train_seconds": float(sum(c["train_seconds"] for c in curve)),
+              "init_digest": init.hexdigest(), "batch_digest": batches.hexdigest(), "tracked": track,
+              **(tracked if track else {})}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if checkpoint_dir:
-        with open(pj, "w") as f:
+        path = os.path.join(checkpoint_dir, cfg.key() + ".json")
+        with open(path, "w") as f:
             json.dump(result, f)
-        torch.save(state, pp)
+        torch.save(state, path[:-5] + ".pt")
     result["state_dict"] = state
     return result
+
+
+def at_checkpoint(result: dict, iteration: int) -> dict:
+    """The evaluation of ``result`` at ``iteration`` (one of its checkpoints)."""
+    for c in result["curve"]:
+        if c["iteration"] == int(iteration):
+            return c
+    raise KeyError(f"run {result['key']} was not evaluated at iteration {iteration}")
 
 
 def load_model(result: dict) -> EmbeddingNet:
