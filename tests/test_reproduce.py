@@ -91,6 +91,41 @@ def test_report_is_generated_from_json(tiny_run, tmp_path):
     assert f"| {100 * value:.1f} | " in text
 
 
+def test_experiments_read_their_own_checkpoints(tiny_run):
+    """The tiny configuration trains the main loss's ablation seeds past the main checkpoints (merged
+    runs); experiment 7's unoccluded column must still be experiment 1's models at its last checkpoint,
+    and experiment 5's intervals those of its own checkpoints."""
+    out, _ = tiny_run
+    cfg = experiments.ReproConfig.tiny()
+    assert max(cfg.ablation_checkpoints) > max(cfg.checkpoints)
+    e1 = json.load(open(out / "exp1_losses.json"))
+    e7 = json.load(open(out / "exp7_occlusion.json"))
+    for loss in cfg.losses:
+        c7 = next(c for c in e7["comparisons"] if c["loss"] == loss and c["fraction"] == 0)
+        c1 = next(c for c in e1["final"] if c["loss"] == loss)
+        assert c7["iteration"] == c1["iteration"] == cfg.checkpoints_of(loss)[-1]
+        assert c7["diffs"] == pytest.approx(c1["diffs"], abs=1.5 / 48)  # R@1 at k=1 vs k<=8: a tie at most
+    e5 = json.load(open(out / "exp5_selection_ratio.json"))
+    assert e5["checkpoints"] == list(cfg.ablation_checkpoints)
+    assert all(len(c["mean"]) == len(cfg.ablation_checkpoints) for c in e5["curves"].values())
+    assert all(c["same_batches"] for name in ("exp3_l2_norm", "exp4_n_sweep")
+               for c in json.load(open(out / f"{name}.json"))["comparisons"])
+
+
+def test_smoke_set_report_has_no_verdicts(tiny_run, tmp_path):
+    out, _ = tiny_run
+    for name in os.listdir(out):
+        if name.endswith(".json"):
+            (tmp_path / name).write_text((out / name).read_text())
+    e1 = json.loads((tmp_path / "exp1_losses.json").read_text())
+    e1["dataset"]["name"] = "digits"
+    (tmp_path / "exp1_losses.json").write_text(json.dumps(e1))
+    text = open(report.write_report(str(tmp_path))).read()
+    assert "smoke set" in text
+    for words in ("helped", "hurt", "no effect detected", "| higher |", "| lower |"):
+        assert words not in text.split("## Caveats")[0].split("## Setup")[1], words
+
+
 def test_resume_from_stored_runs(tiny_run):
     out, _ = tiny_run
     ctx = experiments.Context(experiments.ReproConfig.tiny(), str(out), progress=False)
@@ -99,7 +134,8 @@ def test_resume_from_stored_runs(tiny_run):
     r = ctx.run(cfg.run_config(loss, cfg.n_inner, 1), cfg.checkpoints_of(loss))
     assert r.get("from_checkpoint") and not ctx.trained
     e1 = json.load(open(out / "exp1_losses.json"))
-    assert e1["per_seed"][loss]["ee_recall@1"][1] == [c["recall@1"] for c in r["curve"]]
+    assert e1["per_seed"][loss]["ee_recall@1"][1] == [train.at_checkpoint(r, c)["recall@1"]
+                                                      for c in cfg.checkpoints_of(loss)]
     # a shorter request is served by the stored run's earlier checkpoints
     r2 = ctx.run(cfg.run_config(loss, cfg.n_inner, 1), cfg.checkpoints_of(loss)[:1])
     assert r2 is r and not ctx.trained
@@ -119,6 +155,10 @@ def _small_run(ds, **kw):
     return train.train_run(rc, ds, (2, 5), progress=False)
 
 
+def _batches(run):
+    return [c["batch_digest"] for c in run["curve"]]
+
+
 def test_pairing_same_init_and_batches(small_glyphs):
     """Plain and EE runs of a seed share the initial weights and the batch sequence; another seed does not."""
     seed = int(RNG.integers(1000))
@@ -128,9 +168,10 @@ def test_pairing_same_init_and_batches(small_glyphs):
     nonorm = _small_run(small_glyphs, seed=seed, n_inner=2, l2_norm=False, loss="triplet")
     other = _small_run(small_glyphs, seed=seed + 1)
     for r in (ee, nonorm):
-        assert r["init_digest"] == plain["init_digest"] and r["batch_digest"] == plain["batch_digest"]
-    assert other["init_digest"] != plain["init_digest"] and other["batch_digest"] != plain["batch_digest"]
-    assert ee["curve"] != plain["curve"]  # the loss does change what is learned
+        assert r["init_digest"] == plain["init_digest"] and _batches(r) == _batches(plain)
+    assert other["init_digest"] != plain["init_digest"] and _batches(other) != _batches(plain)
+    learned = [[(c["recall@1"], c["loss_sum"]) for c in r["curve"]] for r in (plain, ee)]
+    assert learned[0] != learned[1]  # the loss does change what is learned
 
 
 def test_loss_cannot_change_the_batches(small_glyphs, monkeypatch):
@@ -150,7 +191,7 @@ def test_loss_cannot_change_the_batches(small_glyphs, monkeypatch):
 
     monkeypatch.setattr(train, "make_loss", greedy)
     r = _small_run(small_glyphs, seed=3)
-    assert r["batch_digest"] == plain["batch_digest"] and r["init_digest"] == plain["init_digest"]
+    assert _batches(r) == _batches(plain) and r["init_digest"] == plain["init_digest"]
 
 
 def test_tracking_and_schedule_do_not_change_training(small_glyphs):
@@ -159,9 +200,16 @@ def test_tracking_and_schedule_do_not_change_training(small_glyphs):
     rc = train.RunConfig(dataset="glyphs", loss="hphn", n_inner=2, P=3, K=4, width=4, embedding_dim=8, seed=5)
     short = train.train_run(rc, small_glyphs, (2, 4), progress=False)
     long = train.train_run(rc, small_glyphs, (2, 4, 7), track=True, progress=False)
-    assert [c["recall@1"] for c in long["curve"][:2]] == [c["recall@1"] for c in short["curve"]]
-    assert [c["loss"] for c in long["curve"][:2]] == [c["loss"] for c in short["curve"]]
-    assert len(long["selection_ratio"]) == len(long["synthetic_recall"]) == len(long["class_distances"]) == 3
+    for key in ("recall@1", "nmi", "loss_sum", "batch_digest"):
+        assert [c[key] for c in long["curve"][:2]] == [c[key] for c in short["curve"]], key
+    for it in (2, 4):
+        for k, v in short["state_dicts"][it].items():
+            assert torch.equal(v, long["state_dicts"][it][k]), (it, k)
+    assert long["init_digest"] == short["init_digest"]
+    assert len(long["selection_counts"]) == len(long["synthetic_recall"]) == len(long["class_distances"]) == 3
+    ratios = train.selection_between(long, (4, 7))
+    (s2, t2), (s4, t4), (s7, t7) = long["selection_counts"]
+    assert ratios == [s4 / t4, (s7 - s4) / (t7 - t4)] and all(0 <= r <= 1 for r in ratios)
 
 
 def test_merge_requests_covers_every_request():
@@ -247,6 +295,14 @@ def test_glyph_classes_are_fine_grained_and_many():
     assert sum(len(f) > 1 for f in chars.values()) > 100  # the same character in several families
 
 
+def test_glyph_classes_subset_keeps_families_even():
+    n = int(RNG.integers(400, 492))
+    sub = data.glyph_classes(max_classes=n)
+    assert len(sub) == n
+    counts = [sum(f == fam for _, f, _ in sub[:30]) for fam in data.FAMILIES]
+    assert counts == [10, 10, 10]
+
+
 def test_glyphs_render_and_split(tmp_path):
     n_classes, per_class = int(RNG.integers(6, 14)) * 2, int(RNG.integers(3, 6))
     seed = int(RNG.integers(100))
@@ -278,6 +334,10 @@ def test_pk_sampler_adjacent_layout():
         assert len(b) == P * K and len(y.unique()) == P
         assert torch.equal(y.view(-1, K), y.view(-1, K)[:, :1].expand(-1, K))
         reference.positive_pairs(y, "adjacent")  # raises if rows 2k, 2k+1 differ
+        for c in y.view(-1, K)[:, 0].tolist():  # without replacement where the class has K samples
+            rows = [i for i in b if labels[i] == c]
+            if int((labels == c).sum()) >= K:
+                assert len(set(rows)) == K
     with pytest.raises(ValueError):
         data.PKSampler(labels, P, 3, 1)
     with pytest.raises(ValueError):

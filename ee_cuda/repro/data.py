@@ -16,14 +16,15 @@ paper), so the test measures retrieval and clustering of classes never seen in t
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "FAMILIES", "load_digits", "load_glyphs", "load_dataset", "PKSampler", "font_family", "font_files",
-           "glyph_classes", "render_glyphs", "occlude"]
+__all__ = ["Dataset", "FAMILIES", "load_digits", "load_glyphs", "load_dataset", "PKSampler", "font_family",
+           "font_files", "glyph_classes", "render_glyphs", "occlude"]
 
 
 @dataclass
@@ -34,6 +35,13 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     class_names: list = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """A short hash of the images, labels and split: a stored run is reused only on the same data."""
+        h = hashlib.sha1(self.name.encode())
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:12]
 
     def describe(self) -> dict:
         return {"name": self.name, "image_size": list(self.x_train.shape[-2:]),
@@ -174,9 +182,10 @@ def glyph_classes(min_fonts: int = 3, max_classes: int | None = None) -> list:
                 signatures.append(sig)
                 classes.append((ch, family, [paths[i] for i in owners]))
     if max_classes:
-        # an even share of every family, so a small set stays fine-grained
+        # the families in turn, so a small set keeps an even share of each (and stays fine-grained)
         by_family = [[c for c in classes if c[1] == f] for f in FAMILIES]
-        classes = [c for group in zip(*by_family) for c in group][:max_classes]
+        turns = [g[i] for i in range(max(map(len, by_family))) for g in by_family if i < len(g)]
+        classes = turns[:max_classes]
     return classes
 
 

@@ -26,7 +26,7 @@ from .. import build_info, metrics, use_backend
 from .data import load_dataset, occlude
 from .stats import holm, paired, verdict
 from .train import (LOSS_TITLES, RunConfig, at_checkpoint, embed, load_model, load_result, make_loss,
-                    resolve_device, train_run)
+                    resolve_device, selection_between, train_run)
 
 __all__ = ["ReproConfig", "Context", "EXPERIMENTS", "merge_requests", "exp1_losses", "exp2_synthetic_labels",
            "exp3_l2_norm", "exp4_n_sweep", "exp5_selection_ratio", "exp6_hard_negative_heatmap", "exp7_occlusion",
@@ -68,6 +68,7 @@ class ReproConfig:
     glyph_classes: int | None = None     # None: every glyph class
     glyph_per_class: int = 16
     device: str = "cpu"
+    data_id: str = ""                    # the dataset's fingerprint, set by Context
 
     @classmethod
     def full(cls, **kw) -> "ReproConfig":
@@ -81,8 +82,9 @@ class ReproConfig:
 
     @classmethod
     def tiny(cls, **kw) -> "ReproConfig":
+        # the ablations' checkpoints run past the main ones and interleave with them, so runs merge
         base = dict(losses=("hphn", "triplet"), main_seeds=3, checkpoints=(2, 4, 6), other_seeds=2,
-                    other_checkpoints=(2, 4, 6), ablation_seeds=2, ablation_checkpoints=(2, 4, 6), n_sweep=(0, 1, 2),
+                    other_checkpoints=(2, 4, 6), ablation_seeds=2, ablation_checkpoints=(3, 6, 8), n_sweep=(0, 1, 2),
                     occlusion_fractions=(0.0, 0.5), cost_ns=(0, 2), cost_iters=2, width=4, embedding_dim=16,
                     glyph_classes=24, glyph_per_class=4, batch=(4, 4))
         base.update(kw)
@@ -92,7 +94,8 @@ class ReproConfig:
         P, K = self.batch
         return RunConfig(dataset=self.dataset, loss=loss, n_inner=n_inner, l2_norm=l2_norm, seed=seed, P=P, K=K,
                          lr=self.lr, embedding_dim=self.embedding_dim, width=self.width,
-                         loss_options=dict(self.loss_options.get(loss, {})), device=self.device)
+                         loss_options=dict(self.loss_options.get(loss, {})), device=self.device,
+                         data_id=self.data_id)
 
     def seeds_of(self, loss: str) -> list:
         return list(range(self.main_seeds if loss == self.main_loss else self.other_seeds))
@@ -170,6 +173,7 @@ class Context:
         self._datasets, self._runs = {}, {}
         self.trained = []  # keys trained by this context (not read back)
         self._plan = {}
+        self.cfg.data_id = self.dataset().fingerprint()
 
     def dataset(self, name: str | None = None):
         name = name or self.cfg.dataset
@@ -202,7 +206,6 @@ class Context:
         """Train every run of ``requests`` not stored yet, ``jobs`` at a time in separate processes
         (``threads`` torch threads each); returns ``{key: training seconds}`` of the runs trained."""
         self._plan = merge_requests(requests)
-        self.dataset()  # render once, before the workers read the cache
         todo = [(rc, cps, tr) for rc, cps, tr in self._plan.values()
                 if load_result(self.checkpoint_dir, rc, cps, tr) is None]
         todo.sort(key=lambda r: -max(r[1]))  # longest first: the pool ends together
@@ -254,8 +257,16 @@ def _plt():
 
 
 def _mean_se(values):
+    """Mean and standard error over seeds (``nan`` for one seed)."""
     a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), (float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0)
+    return float(a.mean()), (float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan"))
+
+
+def _same_footing(runs_a, runs_b, iteration) -> bool:
+    """Whether every seed's two runs started from the same weights and saw the same batches up to
+    ``iteration``."""
+    return all(a["init_digest"] == b["init_digest"] and at_checkpoint(a, iteration)["batch_digest"]
+               == at_checkpoint(b, iteration)["batch_digest"] for a, b in zip(runs_a, runs_b))
 
 
 def _correct(comparisons: list) -> list:
@@ -294,10 +305,12 @@ def _iteration_axis(ax, checkpoints, label="iterations"):
     ax.set_xlabel(label)
 
 
-def _shared_ylim(axes, values, start=None, pad=2.0):
-    """One y-range for panels compared side by side: from ``start`` (or just below the smallest value)."""
+def _shared_ylim(axes, values, start=None, pad=2.0, floor=None):
+    """One y-range for panels compared side by side: from ``start`` (or just below the smallest value, not
+    below ``floor``); returns it, for the axis label to state."""
     v = np.asarray([x for x in values if np.isfinite(x)])
     lo = start if start is not None else (np.floor((v.min() - pad) / 5) * 5 if len(v) else 0)
+    lo = max(lo, floor) if floor is not None else lo
     hi = np.ceil((v.max() + pad) / 5) * 5 if len(v) else 100
     for ax in axes:
         ax.set_ylim(lo, hi)
@@ -305,6 +318,15 @@ def _shared_ylim(axes, values, start=None, pad=2.0):
 
 
 # ------------------------------------------------------------------------------------------ experiment 1
+
+def _best(run, checkpoints) -> dict:
+    """The evaluation of ``run`` with the highest R@1 among ``checkpoints`` (the first such, on ties)."""
+    return max((at_checkpoint(run, c) for c in checkpoints), key=lambda c: c["recall@1"])
+
+
+def _r1_curve(run, checkpoints) -> list:
+    return [at_checkpoint(run, c)["recall@1"] for c in checkpoints]
+
 
 def _seconds_per_100(runs) -> float:
     return 100 * float(np.mean([r["train_seconds"] / r["checkpoints"][-1] for r in runs]))
@@ -330,19 +352,16 @@ def exp1_losses(ctx: Context) -> dict:
         for k in METRIC_KEYS:
             pa, pb = [at_checkpoint(r, last)[k] for r in plain], [at_checkpoint(r, last)[k] for r in ee]
             row[k] = {"plain": _mean_se(pa), "ee": _mean_se(pb), "delta": paired(pa, pb)}
-        row["same_batches"] = all(p["batch_digest"] == e["batch_digest"] and p["init_digest"] == e["init_digest"]
-                                  for p, e in zip(plain, ee))
+        row["same_batches"] = _same_footing(plain, ee, last)
         final.append(row)
-        bp = [max(c["recall@1"] for c in r["curve"]) for r in plain]
-        be = [max(c["recall@1"] for c in r["curve"]) for r in ee]
-        best.append(_compare(bp, be, loss=loss, plain_best_at=[max(r["curve"], key=lambda c: c["recall@1"])["iteration"]
-                                                                for r in plain],
-                             ee_best_at=[max(r["curve"], key=lambda c: c["recall@1"])["iteration"] for r in ee]))
-    for table in (curves, final, best):
+        bp, be = [_best(r, cps) for r in plain], [_best(r, cps) for r in ee]
+        best.append(_compare([b["recall@1"] for b in bp], [b["recall@1"] for b in be], loss=loss,
+                             plain_best_at=[b["iteration"] for b in bp], ee_best_at=[b["iteration"] for b in be]))
+    for table in (final, best):  # the curves are described, not tested: their last row is `final`
         _correct(table)
     per_seed = {loss: {"seeds": cfg.seeds_of(loss), "checkpoints": cfg.checkpoints_of(loss),
-                       "plain_recall@1": [[c["recall@1"] for c in r["curve"]] for r in runs[loss, 0]],
-                       "ee_recall@1": [[c["recall@1"] for c in r["curve"]] for r in runs[loss, cfg.n_inner]],
+                       "plain_recall@1": [_r1_curve(r, cfg.checkpoints_of(loss)) for r in runs[loss, 0]],
+                       "ee_recall@1": [_r1_curve(r, cfg.checkpoints_of(loss)) for r in runs[loss, cfg.n_inner]],
                        "seconds_per_100_iterations": {name: _seconds_per_100(runs[loss, n]) for name, n
                                                       in (("plain", 0), ("ee", cfg.n_inner))}}
                 for loss in cfg.losses}
@@ -360,10 +379,10 @@ def exp1_losses(ctx: Context) -> dict:
         axes[0][j].set_title(f"{LOSS_TITLES[loss]} ({len(cfg.seeds_of(loss))} seeds)", fontsize=9)
         _ci_errorbar(axes[1][j], cps, [c for c in curves if c["loss"] == loss], color="tab:red")
         _iteration_axis(axes[1][j], cps)
-    lo, _ = _shared_ylim(axes[0], r1)
-    _shared_ylim(axes[1], [100 * x for c in curves for x in c["ci"]] + [0.0])
+    lo, _ = _shared_ylim(axes[0], r1, floor=0)
+    dlo, _ = _shared_ylim(axes[1], [100 * x for c in curves for x in c["ci"]] + [0.0])
     axes[0][0].set_ylabel(f"mean R@1 (%), axis from {lo:g}")
-    axes[1][0].set_ylabel("EE − plain, R@1 points\n(mean, 95% paired t interval)")
+    axes[1][0].set_ylabel(f"EE − plain, R@1 points, axis from {dlo:g}\n(mean, 95% paired t interval)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{cfg.dataset}: R@1 on the test classes by checkpoint, paired seeds", fontsize=10)
     fig.tight_layout()
@@ -422,7 +441,8 @@ def exp3_l2_norm(ctx: Context) -> dict:
              "curve": [_mean_se(_r1(rs, c)) for c in cfg.ablation_checkpoints]} for name, rs in variants.items()]
     pairs = (("plain", "EE, L2-normalized"), ("plain", "EE, not normalized"),
              ("EE, not normalized", "EE, L2-normalized"))
-    comps = _correct([_compare(_r1(variants[a], last), _r1(variants[b], last), a=a, b=b) for a, b in pairs])
+    comps = _correct([_compare(_r1(variants[a], last), _r1(variants[b], last), a=a, b=b,
+                               same_batches=_same_footing(variants[a], variants[b], last)) for a, b in pairs])
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, rs in variants.items():
@@ -430,12 +450,13 @@ def exp3_l2_norm(ctx: Context) -> dict:
                      "-o", ms=4, label=name)
     _iteration_axis(axes[0], cfg.ablation_checkpoints)
     lo, _ = _shared_ylim([axes[0]], [100 * np.mean(_r1(rs, c)) for rs in variants.values()
-                                     for c in cfg.ablation_checkpoints])
+                                     for c in cfg.ablation_checkpoints], floor=0)
     axes[0].set_ylabel(f"mean R@1 (%), axis from {lo:g}")
     axes[0].legend(fontsize=7)
     _ci_errorbar(axes[1], range(len(comps)), comps, color="tab:red", ls="none")
+    dlo, _ = _shared_ylim([axes[1]], [100 * x for c in comps for x in c["ci"]] + [0.0])
     axes[1].set_xticks(range(len(comps)), [f"{c['b']}\n− {c['a']}" for c in comps], fontsize=7)
-    axes[1].set_ylabel(f"R@1 points at {last} iterations\n(mean, 95% paired t interval)")
+    axes[1].set_ylabel(f"R@1 points at {last} iterations, axis from {dlo:g}\n(mean, 95% paired t interval)")
     fig.suptitle(f"{LOSS_TITLES[cfg.main_loss]}: L2 normalization of synthetic points "
                  f"({len(cfg.ablation_seed_list())} paired seeds)", fontsize=10)
     fig.tight_layout()
@@ -452,23 +473,24 @@ def exp4_n_sweep(ctx: Context) -> dict:
     last = cfg.ablation_checkpoints[-1]
     runs = {n: _ablation_runs(ctx, n) for n in cfg.n_sweep}
     rows = [{"n_inner": n, **{k: _mean_se(_r1(rs, last, k)) for k in METRIC_KEYS}} for n, rs in runs.items()]
-    comps = _correct([_compare(_r1(runs[0], last), _r1(runs[n], last), n_inner=n) for n in cfg.n_sweep if n > 0])
+    comps = _correct([_compare(_r1(runs[0], last), _r1(runs[n], last), n_inner=n,
+                               same_batches=_same_footing(runs[0], runs[n], last)) for n in cfg.n_sweep if n > 0])
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ns = list(cfg.n_sweep)
     for k, label in (("recall@1", "R@1"), ("nmi", "NMI"), ("f1", "F1")):
-        axes[0].errorbar(range(len(ns)), [100 * r[k][0] for r in rows], yerr=[100 * r[k][1] for r in rows],
-                         marker="o", ms=4, capsize=3, label=label)
+        axes[0].plot(range(len(ns)), [100 * r[k][0] for r in rows], marker="o", ms=4, label=label)
     axes[0].set_xticks(range(len(ns)), [str(n) for n in ns])
     axes[0].set_ylim(0, 100)
-    axes[0].set_ylabel("% (mean ± SE over seeds), axis from 0")
+    axes[0].set_ylabel("% (mean over seeds), axis from 0")
     axes[0].set_xlabel("synthetic points per pair n (0 = no EE)")
     axes[0].legend(fontsize=7)
     _ci_errorbar(axes[1], [ns.index(c["n_inner"]) for c in comps], comps, color="tab:red", ls="none")
+    dlo, _ = _shared_ylim([axes[1]], [100 * x for c in comps for x in c["ci"]] + [0.0])
     axes[1].set_xticks(range(len(ns)), [str(n) for n in ns])
     axes[1].set_xlim(-0.5, len(ns) - 0.5)
     axes[1].set_xlabel("synthetic points per pair n")
-    axes[1].set_ylabel("R@1: n − plain, points\n(mean, 95% paired t interval)")
+    axes[1].set_ylabel(f"R@1: n − plain, points, axis from {dlo:g}\n(mean, 95% paired t interval)")
     fig.suptitle(f"{LOSS_TITLES[cfg.main_loss]} at {last} iterations, {len(cfg.ablation_seed_list())} paired seeds",
                  fontsize=10)
     fig.tight_layout()
@@ -487,10 +509,9 @@ def exp5_selection_ratio(ctx: Context) -> dict:
     for n in cfg.n_sweep:
         if n == 0:
             continue
-        ratios = np.array([_tracked_at(r, "selection_ratio", cps) for r in _ablation_runs(ctx, n)])
+        ratios = np.array([selection_between(r, cps) for r in _ablation_runs(ctx, n)])
         curves[str(n)] = {"per_seed": ratios.tolist(), "mean": ratios.mean(0).tolist(),
-                          "se": (ratios.std(0, ddof=1) / np.sqrt(len(ratios)) if len(ratios) > 1
-                                 else 0 * ratios[0]).tolist()}
+                          "se": [_mean_se(ratios[:, i])[1] for i in range(len(cps))]}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(curves), 1)))
@@ -498,7 +519,7 @@ def exp5_selection_ratio(ctx: Context) -> dict:
         ax.errorbar(cps, 100 * np.asarray(c["mean"]), yerr=100 * np.asarray(c["se"]), marker="o", ms=3, capsize=2,
                     color=color, label=f"n = {n}")
     _iteration_axis(ax, cps, "iterations (ratio over the batches since the previous checkpoint)")
-    ax.set_ylabel("hard negatives with a synthetic point (%)\nmean ± SE, axis from 0")
+    ax.set_ylabel("hard negatives with a synthetic point (%)\nmean ± SE over seeds, axis from 0")
     ax.set_ylim(0, 100)
     ax.set_title(f"Selection ratio of synthetic points ({LOSS_TITLES[cfg.main_loss]})", fontsize=9)
     ax.legend(fontsize=7)
@@ -510,21 +531,26 @@ def exp5_selection_ratio(ctx: Context) -> dict:
 
 def exp6_hard_negative_heatmap(ctx: Context) -> dict:
     """Class x class mean hard-negative distance on a fixed probe batch of 10 training classes, at the
-    first, a middle and the last checkpoint, without and with EE (seed 0). Diagonal: mean positive-pair
-    distance. The summary averages the tracked seeds."""
+    first, a middle and the last checkpoint, without and with EE (seed 0), each model searched with its
+    own n. Diagonal: mean positive-pair distance. The summary averages the tracked seeds, and also
+    measures both models among the original points only (n = 0), where their distances compare."""
     cfg = ctx.cfg
     cps = cfg.checkpoints_of(cfg.main_loss)
     seeds = cfg.ablation_seed_list()
     runs = {name: [ctx.run(cfg.run_config(cfg.main_loss, n, s), cps, True) for s in seeds]
             for name, n in (("plain", 0), ("EE", cfg.n_inner))}
     shown = sorted({0, (len(cps) - 1) // 2, len(cps) - 1})
-    summary, mats = {}, {name: [_tracked_at(r, "class_distances", cps) for r in rs] for name, rs in runs.items()}
-    for name, per_seed in mats.items():
-        off = np.array([[np.asarray(m)[~np.eye(len(m), dtype=bool)].mean() for m in ms] for ms in per_seed])
-        closest = np.array([[np.asarray(m)[~np.eye(len(m), dtype=bool)].min() for m in ms] for ms in per_seed])
-        pos = np.array([[np.diag(np.asarray(m)).mean() for m in ms] for ms in per_seed])
-        summary[name] = {"mean_hard_negative": off.mean(0).tolist(), "closest_pair": closest.mean(0).tolist(),
-                         "mean_positive": pos.mean(0).tolist()}
+    mats = {name: [_tracked_at(r, "class_distances", cps) for r in rs] for name, rs in runs.items()}
+    summary = {}
+    for name, rs in runs.items():
+        for search, field_ in (("own n", "class_distances"), ("originals only", "class_distances_originals")):
+            per_seed = [[np.asarray(m) for m in _tracked_at(r, field_, cps)] for r in rs]
+            off = np.array([[m[~np.eye(len(m), dtype=bool)].mean() for m in ms] for ms in per_seed])
+            closest = np.array([[m[~np.eye(len(m), dtype=bool)].min() for m in ms] for ms in per_seed])
+            pos = np.array([[np.diag(m).mean() for m in ms] for ms in per_seed])
+            summary[f"{name}, {search}"] = {"mean_hard_negative": off.mean(0).tolist(),
+                                            "closest_pair": closest.mean(0).tolist(),
+                                            "mean_positive": pos.mean(0).tolist()}
     plt = _plt()
     fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 6), squeeze=False)
     vmax = max(float(np.max(mats[name][0][e])) for name in runs for e in shown)
@@ -546,7 +572,9 @@ def exp6_hard_negative_heatmap(ctx: Context) -> dict:
 
 def exp7_occlusion(ctx: Context) -> dict:
     """Recall@1 on held-out classes when a square patch (side = fraction of the image side) of every test
-    image is zeroed at a random position; final models of experiment 1, EE vs plain paired per seed."""
+    image is zeroed at a random position; the models of experiment 1 at their last checkpoint, EE vs plain
+    paired per seed. The unoccluded column repeats experiment 1's test, so Holm's family here is the
+    occluded columns."""
     cfg = ctx.cfg
     d = ctx.dataset()
     occluded = {f: occlude(d.x_test, f, seed=1000 + i) for i, f in enumerate(cfg.occlusion_fractions)}
@@ -557,16 +585,20 @@ def exp7_occlusion(ctx: Context) -> dict:
         for n in (0, cfg.n_inner):
             per[n] = []
             for s in cfg.seeds_of(loss):
-                model = load_model(ctx.run(cfg.run_config(loss, n, s), cfg.checkpoints_of(loss),
-                                           cfg.tracked(loss, s))).to(cfg.device)
+                cps = cfg.checkpoints_of(loss)
+                run = ctx.run(cfg.run_config(loss, n, s), cps, cfg.tracked(loss, s))
+                model = load_model(run, cps[-1]).to(cfg.device)
                 per[n].append([metrics.recall_at_k(embed(model, occluded[f], cfg.device), yt, (1,))[1]
                                for f in cfg.occlusion_fractions])
             means.append({"loss": loss, "ee": n > 0, "per_seed": per[n],
                           "mean": np.mean(per[n], 0).tolist()})
         a, b = np.asarray(per[0]), np.asarray(per[cfg.n_inner])
-        comps += [_compare(a[:, i].tolist(), b[:, i].tolist(), loss=loss, fraction=f)
+        comps += [_compare(a[:, i].tolist(), b[:, i].tolist(), loss=loss, fraction=f, iteration=cps[-1])
                   for i, f in enumerate(cfg.occlusion_fractions)]
-    _correct(comps)
+    _correct([c for c in comps if c["fraction"] > 0])
+    for c in comps:
+        if c["fraction"] == 0:
+            c.update(p_holm=float("nan"), verdict="experiment 1")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(cfg.losses)))
@@ -580,7 +612,8 @@ def exp7_occlusion(ctx: Context) -> dict:
                      label=LOSS_TITLES[loss], ls="none")
     axes[0].set_ylim(0, 100)
     axes[0].set_ylabel("mean R@1 (%), axis from 0")
-    axes[1].set_ylabel("EE − plain, R@1 points\n(mean, 95% paired t interval)")
+    dlo, _ = _shared_ylim([axes[1]], [100 * x for c in comps for x in c["ci"]] + [0.0])
+    axes[1].set_ylabel(f"EE − plain, R@1 points, axis from {dlo:g}\n(mean, 95% paired t interval)")
     for ax in axes:
         ax.set_xlabel("occluded patch side (% of image side)")
         ax.legend(fontsize=6)

@@ -23,8 +23,8 @@ def paired(a, b, confidence: float = 1 - ALPHA) -> dict:
 
     Returns ``diffs``, ``k``, ``mean``, ``sd`` (sample, ``ddof=1``), ``se = sd / sqrt(k)``, ``df = k - 1``,
     ``t = mean / se``, ``p`` (two-sided, Student's t with ``df``), and ``ci`` = ``mean ± t_{df, 1-α/2} se``.
-    With one seed, or differences that are all equal, the test is undefined: ``p`` is ``nan`` (and ``se``
-    is 0 in the second case), so no verdict is drawn from it."""
+    With one seed, or differences that are all equal (to rounding), the test is undefined: ``p`` is ``nan``
+    (and ``se`` is 0 in the second case), so no verdict is drawn from it."""
     from scipy import stats
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -37,6 +37,8 @@ def paired(a, b, confidence: float = 1 - ALPHA) -> dict:
     if k < 2:
         return {**out, "sd": math.nan, "se": math.nan, "t": math.nan, "p": math.nan, "ci": [math.nan, math.nan]}
     sd = float(d.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal differences whatever their rounding
+        sd = 0.0
     se = sd / math.sqrt(k)
     if se == 0.0:
         return {**out, "sd": 0.0, "se": 0.0, "t": math.nan, "p": math.nan, "ci": [mean, mean]}

@@ -22,8 +22,9 @@ from .. import losses, metrics, ops
 from .data import Dataset, PKSampler
 from .models import EmbeddingNet
 
-__all__ = ["RunConfig", "LOSSES", "make_loss", "train_run", "load_result", "at_checkpoint", "load_model", "embed",
-           "set_seed", "resolve_device", "selection_ratio", "class_distance_matrix", "synthetic_recall"]
+__all__ = ["RunConfig", "LOSSES", "make_loss", "train_run", "load_result", "at_checkpoint", "selection_between",
+           "load_model", "embed", "set_seed", "resolve_device", "selection_ratio", "class_distance_matrix",
+           "synthetic_recall"]
 
 LOSSES = {"triplet": "TripletLoss", "lifted": "LiftedStructureLoss", "npair": "NPairLoss",
           "ms": "MultiSimilarityLoss", "hphn": "HPHNTripletLoss"}
@@ -34,7 +35,7 @@ LOSS_TITLES = {"triplet": "Triplet", "lifted": "Lifted structure", "npair": "N-p
 @dataclass
 class RunConfig:
     """One training run. Runs that differ only in ``loss``, ``loss_options``, ``n_inner`` or ``l2_norm`` are
-    a paired set: they share the network's initialization and the sequence of batches (``pairing_key``).
+    a paired set: they share the network's initialization and the sequence of batches.
     How long a run trains is not part of it: the iterations at which it is evaluated are passed to
     ``train_run``, and a run evaluated at 1000 iterations holds the 500-iteration run as its prefix."""
     dataset: str
@@ -49,15 +50,12 @@ class RunConfig:
     width: int = 16
     loss_options: dict = field(default_factory=dict)  # keyword arguments of the loss (e.g. HPHN's margin)
     device: str = "cpu"
+    data_id: str = ""         # Dataset.fingerprint() of the data it trains on ("" = not checked)
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
         tag = f"{self.dataset}_{self.loss}_n{self.n_inner}{'' if self.l2_norm else '_nonorm'}_s{self.seed}"
         return tag + "_" + hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
-
-    def pairing_key(self) -> tuple:
-        """What fixes the initialization and the batches: equal for the variants compared on one seed."""
-        return (self.dataset, self.seed, self.P, self.K, self.embedding_dim, self.width, self.device)
 
 
 def resolve_device(device: str) -> str:
@@ -206,7 +204,7 @@ def load_result(checkpoint_dir: str, cfg: RunConfig, checkpoints, track: bool = 
         result = json.load(f)
     if not set(map(int, checkpoints)) <= set(result["checkpoints"]) or (track and not result["tracked"]):
         return None
-    result["state_dict"] = torch.load(path[:-5] + ".pt", map_location="cpu", weights_only=True)
+    result["state_dicts"] = torch.load(path[:-5] + ".pt", map_location="cpu", weights_only=True)
     result["from_checkpoint"] = True
     return result
 
@@ -219,22 +217,26 @@ def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), tr
     The network is initialized from ``torch.manual_seed(cfg.seed)`` and the batches come from a
     ``PKSampler`` seeded with ``cfg.seed``, whose generator nothing else draws from: the variants of one
     seed see the same initial weights and the same batches whatever their loss does (``init_digest`` and
-    ``batch_digest`` in the result let a reader check it). Evaluation and tracking run in eval mode and draw
-    from no shared generator, so they do not change the training.
+    each checkpoint's ``batch_digest``, of the batches up to it, let a reader check it). Evaluation and
+    tracking run in eval mode and draw from no shared generator, so they do not change the training.
 
-    Returns a JSON-able dict (plus ``"state_dict"``, the final weights): ``config``, ``checkpoints``,
-    ``curve`` (per checkpoint: ``ee_cuda.metrics.evaluate`` on the test set, the mean training loss and
-    the training seconds since the previous checkpoint), ``metrics`` (the last checkpoint's), the digests,
-    and with ``track=True`` per checkpoint ``selection_ratio`` (over the training batches since the
-    previous checkpoint), ``synthetic_recall`` (test set) and ``class_distances`` (a fixed probe batch of
-    10 training classes). With ``checkpoint_dir`` the result is stored there and reused when it covers a
-    later request (``load_result``).
+    Returns a JSON-able dict (plus ``"state_dicts"``: the weights at every checkpoint): ``config``,
+    ``checkpoints``, ``curve`` (per checkpoint: ``ee_cuda.metrics.evaluate`` on the test set and, counted
+    from the start, the batch digest, the sum of the training losses and the training seconds),
+    ``metrics`` (the last checkpoint's), ``init_digest``, and with ``track=True`` per checkpoint
+    ``selection_counts`` (hard negatives chosen with a synthetic point and in all, over the training
+    batches from the start: ``selection_between`` turns them into a ratio), ``synthetic_recall`` (test set)
+    and ``class_distances`` (a fixed probe batch of 10 training classes, with the run's ``n`` and, in
+    ``class_distances_originals``, with ``n = 0``). With ``checkpoint_dir`` the result is stored there and
+    reused when it covers a later request (``load_result``).
     """
     from tqdm.auto import tqdm
 
     checkpoints = sorted({int(c) for c in checkpoints})
     if not checkpoints or checkpoints[0] < 1:
         raise ValueError(f"checkpoints must be positive iteration counts, got {checkpoints}")
+    if cfg.data_id and cfg.data_id != ds.fingerprint():
+        raise ValueError(f"run {cfg.key()} is for dataset {cfg.data_id}, got {ds.name} {ds.fingerprint()}")
     device = resolve_device(cfg.device)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -255,10 +257,12 @@ def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), tr
     y_test = ds.y_test.to(device)
     probe_x, probe_y = _probe_batch(ds)
     n_probe = cfg.n_inner if cfg.n_inner > 0 else 2
-    curve, tracked = [], {"selection_ratio": [], "synthetic_recall": [], "class_distances": []}
+    curve, states = [], {}
+    tracked = {"selection_counts": [], "synthetic_recall": [], "class_distances": [], "class_distances_originals": []}
     bar = tqdm(total=checkpoints[-1], desc=cfg.key()[:-9], leave=False, disable=not progress)
     model.train()
-    t0, losses, sel, tot, track_s = time.perf_counter(), [], 0, 0, 0.0
+    loss_sum, sel, tot, seconds = 0.0, 0, 0, 0.0
+    t0 = time.perf_counter()
     for it, batch in enumerate(sampler, start=1):
         _digest(batches, np.asarray(batch, dtype=np.int64))
         idx = torch.as_tensor(batch, device=device)
@@ -270,43 +274,55 @@ def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), tr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        loss_sum += float(loss.detach())
         if track:
-            t1 = time.perf_counter()
+            seconds += time.perf_counter() - t0
             s, t = selection_ratio(emb.detach(), labels, cfg.n_inner, cfg.l2_norm, cfg.loss)
-            sel, tot, track_s = sel + s, tot + t, track_s + time.perf_counter() - t1
+            sel, tot, t0 = sel + s, tot + t, time.perf_counter()
         bar.update(1)
         if it not in checkpoints:
             continue
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0 - track_s
+        seconds += time.perf_counter() - t0
         test_emb = embed(model, ds.x_test, device)
-        curve.append({"iteration": it, **metrics.evaluate(test_emb, y_test, seed=eval_seed),
-                      "loss": float(np.mean(losses)), "train_seconds": seconds})
+        curve.append({"iteration": it, **metrics.evaluate(test_emb, y_test, seed=eval_seed), "loss_sum": loss_sum,
+                      "train_seconds": seconds, "batch_digest": batches.copy().hexdigest()})
+        states[it] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if track:
-            tracked["selection_ratio"].append(sel / max(tot, 1))
+            tracked["selection_counts"].append([sel, tot])
             tracked["synthetic_recall"].append(synthetic_recall(test_emb, y_test, n_probe, cfg.l2_norm, seed=it))
             pe = embed(model, probe_x, device)
             mat, classes = class_distance_matrix(pe, probe_y.to(device), cfg.n_inner, cfg.l2_norm)
             tracked["class_distances"].append(mat)
+            tracked["class_distances_originals"].append(class_distance_matrix(pe, probe_y.to(device), 0)[0])
             tracked["probe_classes"] = [ds.class_names[c] if ds.class_names else c for c in classes]
-        bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", r1=f"{curve[-1]['recall@1']:.3f}")
-        t0, losses, sel, tot, track_s = time.perf_counter(), [], 0, 0, 0.0
+        bar.set_postfix(r1=f"{curve[-1]['recall@1']:.3f}")
+        t0 = time.perf_counter()
     bar.close()
     result = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "device": device, "checkpoints": checkpoints,
               "curve": curve, "metrics": {k: v for k, v in curve[-1].items() if k != "iteration"},
-              "train_seconds": float(sum(c["train_seconds"] for c in curve)),
-              "init_digest": init.hexdigest(), "batch_digest": batches.hexdigest(), "tracked": track,
+              "train_seconds": seconds, "init_digest": init.hexdigest(), "tracked": track,
               **(tracked if track else {})}
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if checkpoint_dir:
         path = os.path.join(checkpoint_dir, cfg.key() + ".json")
         with open(path, "w") as f:
             json.dump(result, f)
-        torch.save(state, path[:-5] + ".pt")
-    result["state_dict"] = state
+        torch.save(states, path[:-5] + ".pt")
+    result["state_dicts"] = states
     return result
+
+
+def selection_between(run: dict, iterations) -> list:
+    """The tracked selection ratio of ``run`` over the batches after each of ``iterations``' previous
+    entry (from the start for the first) up to that entry: equal intervals for runs of any length."""
+    counts = {c: run["selection_counts"][i] for i, c in enumerate(run["checkpoints"])}
+    out, prev = [], [0, 0]
+    for c in iterations:
+        s, t = counts[int(c)]
+        out.append((s - prev[0]) / max(t - prev[1], 1))
+        prev = [s, t]
+    return out
 
 
 def at_checkpoint(result: dict, iteration: int) -> dict:
@@ -317,9 +333,11 @@ def at_checkpoint(result: dict, iteration: int) -> dict:
     raise KeyError(f"run {result['key']} was not evaluated at iteration {iteration}")
 
 
-def load_model(result: dict) -> EmbeddingNet:
-    """The trained network of a ``train_run`` result (CPU, eval mode)."""
+def load_model(result: dict, iteration: int | None = None) -> EmbeddingNet:
+    """The network of a ``train_run`` result at ``iteration`` (one of its checkpoints; default the last),
+    on the CPU, in eval mode."""
     cfg = result["config"]
     model = EmbeddingNet(cfg["embedding_dim"], cfg["width"])
-    model.load_state_dict(result["state_dict"])
+    iteration = int(iteration if iteration is not None else result["checkpoints"][-1])
+    model.load_state_dict(result["state_dicts"][iteration])
     return model.eval()
