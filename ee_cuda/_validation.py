@@ -44,7 +44,7 @@ def check_labels(labels, B: int, device: torch.device, name: str = "labels") -> 
     if labels.dim() != 1:
         raise ValueError(f"{name} must have shape (B,), got shape {tuple(labels.shape)}")
     if labels.shape[0] != B:
-        raise ValueError(f"{name} must have length B={B} (rows of the embeddings), got {labels.shape[0]}")
+        raise ValueError(f"{name} must have length {B} (rows of its embeddings), got {labels.shape[0]}")
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}; put both on one device")
 
@@ -83,6 +83,29 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
             raise ValueError(
                 f"{name} row {bad} = ({i}, {j}) is not a positive pair: "
                 f"labels[{i}]={labels[i].item()} != labels[{j}]={labels[j].item()}")
+
+
+def check_reference_set(X, ref_X, ref_pairs, ref_labels) -> bool:
+    """The optional reference set of the searches (docs/design.md §3): all of ``ref_X``, ``ref_pairs``,
+    ``ref_labels`` or none. Returns whether it is given; checks each argument by name, and that ``ref_X``
+    matches ``X`` in width, dtype and device."""
+    given = {"ref_X": ref_X, "ref_pairs": ref_pairs, "ref_labels": ref_labels}
+    missing = [name for name, v in given.items() if v is None]
+    if len(missing) == len(given):
+        return False
+    if missing:
+        present = [name for name in given if name not in missing]
+        raise ValueError(f"the reference set is all or none: got {', '.join(present)} without {', '.join(missing)}")
+    check_embeddings(ref_X, "ref_X")
+    if ref_X.shape[1] != X.shape[1]:
+        raise ValueError(f"ref_X has D={ref_X.shape[1]} columns but X has D={X.shape[1]}; they must match")
+    if ref_X.dtype != X.dtype:
+        raise TypeError(f"ref_X is {ref_X.dtype} but X is {X.dtype}; they must match")
+    if ref_X.device != X.device:
+        raise ValueError(f"ref_X is on {ref_X.device} but X is on {X.device}; put both on one device")
+    check_labels(ref_labels, ref_X.shape[0], ref_X.device, "ref_labels")
+    check_pairs(ref_pairs, ref_X.shape[0], ref_X.device, ref_labels, "ref_pairs")
+    return True
 
 
 def check_pair_values_on_device(pairs, B: int, labels=None, name: str = "pairs") -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_embedding_aug_args, check_embeddings, check_labels, check_n_inner, check_pairs
+from .._validation import (check_embedding_aug_args, check_embeddings, check_labels, check_n_inner, check_pairs,
+                           check_reference_set)
 from ..pairs import positive_pairs
 
 EPS = 1e-12  # torch.nn.functional.normalize's default, docs/design.md §1
@@ -51,61 +52,79 @@ def _pair_labels(labels: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     return labels[pairs[:, 0].long()]
 
 
-def _augmented_distances(X, pairs, n_inner, normalize):
-    """Distance between every two augmented points, viewed as ``(P, T, P, T)``."""
+def _augmented_distances(X, pairs, n_inner, normalize, ref=None):
+    """Distance between every augmented point of ``(X, pairs)`` and every one of the reference set
+    ``ref = (ref_X, ref_pairs)`` (default: the same set), viewed as ``(P, T, Q, T)``."""
     P, T = pairs.shape[0], n_inner + 2
     A = augmented_points(X, pairs, n_inner, normalize).reshape(P * T, -1)
-    return torch.cdist(A, A).view(P, T, P, T)
+    if ref is None:
+        return torch.cdist(A, A).view(P, T, P, T)
+    Q = ref[1].shape[0]
+    A_ref = augmented_points(ref[0], ref[1], n_inner, normalize).reshape(Q * T, -1)
+    return torch.cdist(A, A_ref).view(P, T, Q, T)
 
 
-def hard_negative_pairs(X, pairs, labels, n_inner: int, normalize: bool = True):
-    """``dist[p, q] = min_{t, r} ||a(p,t) - a(q,r)||`` over pairs of different labels, and its ``(t, r)``.
-
-    Same-label entries are ``+inf`` and ``(-1, -1)``. Ties go to the smallest ``t*T + r`` (the first
-    minimum in row-major order, as ``torch.min`` returns it).
-    """
+def _check_search(X, pairs, labels, n_inner, ref_X, ref_pairs, ref_labels):
     check_embeddings(X)
     n_inner = check_n_inner(n_inner)
     check_labels(labels, X.shape[0], X.device)
     check_pairs(pairs, X.shape[0], X.device, labels)
-    return _hard_negative_pairs(X, pairs, labels, n_inner, normalize)
+    return n_inner, check_reference_set(X, ref_X, ref_pairs, ref_labels)
 
 
-def _hard_negative_pairs(X, pairs, labels, n_inner, normalize):
+def hard_negative_pairs(X, pairs, labels, n_inner: int, normalize: bool = True, *, ref_X=None, ref_pairs=None,
+                        ref_labels=None):
+    """``dist[p, q] = min_{t, r} ||a(p,t) - a(q,r)||`` over pairs of different labels, and its ``(t, r)``.
+
+    Same-label entries are ``+inf`` and ``(-1, -1)``. Ties go to the smallest ``t*T + r`` (the first
+    minimum in row-major order, as ``torch.min`` returns it). With a reference set (``ref_X``,
+    ``ref_pairs``, ``ref_labels``, all or none) the ``q`` are its pairs and ``a(q, r)`` its augmented
+    points: ``dist`` is ``(P, Q)``, and not symmetric.
+    """
+    n_inner, has_ref = _check_search(X, pairs, labels, n_inner, ref_X, ref_pairs, ref_labels)
+    return _hard_negative_pairs(X, pairs, labels, n_inner, normalize,
+                                (ref_X, ref_pairs, ref_labels) if has_ref else None)
+
+
+def _hard_negative_pairs(X, pairs, labels, n_inner, normalize, ref=None):
     P, T = pairs.shape[0], n_inner + 2
-    if P == 0:
-        return X.new_empty(0, 0), torch.empty(0, 0, 2, dtype=torch.long, device=X.device)
-    lab = _pair_labels(labels, pairs)
-    negative = lab[:, None] != lab[None, :]
-    dist_all = _augmented_distances(X, pairs, n_inner, normalize).permute(0, 2, 1, 3).reshape(P, P, T * T)
-    dist, flat = dist_all.min(dim=-1)
+    ref_pairs, ref_labels = (pairs, labels) if ref is None else ref[1:]
+    Q = ref_pairs.shape[0]
+    if P == 0 or Q == 0:
+        return (X.new_full((P, Q), float("inf")), torch.full((P, Q, 2), -1, dtype=torch.long, device=X.device))
+    lab, ref_lab = _pair_labels(labels, pairs), _pair_labels(ref_labels, ref_pairs)
+    negative = lab[:, None] != ref_lab[None, :]
+    dist_all = _augmented_distances(X, pairs, n_inner, normalize, None if ref is None else ref[:2])
+    dist, flat = dist_all.permute(0, 2, 1, 3).reshape(P, Q, T * T).min(dim=-1)
     dist = torch.where(negative, dist, torch.full_like(dist, float("inf")))
     index = torch.stack([flat // T, flat % T], dim=-1)
     index = torch.where(negative[..., None], index, torch.full_like(index, -1))
     return dist, index
 
 
-def hard_negative_points(X, pairs, labels, n_inner: int, normalize: bool = True):
+def hard_negative_points(X, pairs, labels, n_inner: int, normalize: bool = True, *, ref_X=None, ref_pairs=None,
+                         ref_labels=None):
     """``dist[p, t] = min_{q of another label, r} ||a(p,t) - a(q,r)||`` and its ``(q, r)``.
 
     ``+inf`` and ``(-1, -1)`` where no pair of another label exists. Ties go to the smallest
-    ``q*T + r``.
+    ``q*T + r``. With a reference set (``ref_X``, ``ref_pairs``, ``ref_labels``, all or none) the ``q``
+    are its pairs and ``a(q, r)`` its augmented points.
     """
-    check_embeddings(X)
-    n_inner = check_n_inner(n_inner)
-    check_labels(labels, X.shape[0], X.device)
-    check_pairs(pairs, X.shape[0], X.device, labels)
-    return _hard_negative_points(X, pairs, labels, n_inner, normalize)
+    n_inner, has_ref = _check_search(X, pairs, labels, n_inner, ref_X, ref_pairs, ref_labels)
+    return _hard_negative_points(X, pairs, labels, n_inner, normalize,
+                                 (ref_X, ref_pairs, ref_labels) if has_ref else None)
 
 
-def _hard_negative_points(X, pairs, labels, n_inner, normalize):
+def _hard_negative_points(X, pairs, labels, n_inner, normalize, ref=None):
     P, T = pairs.shape[0], n_inner + 2
-    if P == 0:
-        return X.new_empty(0, T), torch.empty(0, T, 2, dtype=torch.long, device=X.device)
-    lab = _pair_labels(labels, pairs)
-    negative = lab[:, None] != lab[None, :]
-    dist_all = _augmented_distances(X, pairs, n_inner, normalize)
-    dist_all = dist_all.masked_fill(~negative[:, None, :, None], float("inf")).reshape(P, T, P * T)
+    ref_pairs, ref_labels = (pairs, labels) if ref is None else ref[1:]
+    Q = ref_pairs.shape[0]
+    if P == 0 or Q == 0:
+        return (X.new_full((P, T), float("inf")), torch.full((P, T, 2), -1, dtype=torch.long, device=X.device))
+    lab, ref_lab = _pair_labels(labels, pairs), _pair_labels(ref_labels, ref_pairs)
+    negative = lab[:, None] != ref_lab[None, :]
+    dist_all = _augmented_distances(X, pairs, n_inner, normalize, None if ref is None else ref[:2])
+    dist_all = dist_all.masked_fill(~negative[:, None, :, None], float("inf")).reshape(P, T, Q * T)
     dist, flat = dist_all.min(dim=-1)
     has_negative = negative.any(dim=1)[:, None]
     dist = torch.where(has_negative, dist, torch.full_like(dist, float("inf")))
