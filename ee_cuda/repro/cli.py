@@ -1,6 +1,6 @@
 """Reproduce the paper's experiments (docs/design.md §11) offline and write a report.
 
-    python -m ee_cuda.repro --out docs/results                 # default: about 15 min on 2 CPU cores
+    python -m ee_cuda.repro --out docs/results                 # default: about 17 min on 2 CPU cores
     python -m ee_cuda.repro --full --out docs/results/full     # larger: more seeds, longer runs
     python -m ee_cuda.repro --losses hphn triplet --n 4 --seeds 4 --checkpoints 100 300 --device cuda
 

@@ -37,7 +37,7 @@ METRIC_KEYS = ("nmi", "f1", "recall@1", "recall@2", "recall@4", "recall@8")
 
 @dataclass
 class ReproConfig:
-    """What ``python -m ee_cuda.repro`` runs. The defaults are the quick configuration (about 15 minutes on
+    """What ``python -m ee_cuda.repro`` runs. The defaults are the quick configuration (about 17 minutes on
     2 CPU cores); ``full()`` is the larger one, ``tiny()`` a seconds-long one for tests.
 
     The main comparison is ``main_loss`` (HPHN triplet with the official margin 1e-5, batches of 8 classes x

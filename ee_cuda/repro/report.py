@@ -228,9 +228,9 @@ def write_report(out_dir: str) -> str:
     e3 = _load(out_dir, "exp3_l2_norm")
     if e3:
         L += ["## 3. L2 normalization of synthetic points", "",
-              f"{LOSS_TITLES[e3['loss']]}, {len(e3['seeds'])} paired seeds, at {e3['iteration']} iterations "
-              + (f"(the main comparison runs to {main_last}) " if main_last and main_last != e3["iteration"] else "")
-              + "(mean ± SE, %); verdicts corrected over the three comparisons.", "",
+              f"{LOSS_TITLES[e3['loss']]}, {len(e3['seeds'])} paired seeds, at {e3['iteration']} iterations"
+              + (f" (the main comparison: {main_last})" if main_last and main_last != e3["iteration"] else "")
+              + "; mean ± SE, %; verdicts corrected over the three comparisons.", "",
               "| variant | NMI | F1 | R@1 | R@2 | R@4 | R@8 |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in e3["rows"]:
@@ -245,8 +245,8 @@ def write_report(out_dir: str) -> str:
     if e4:
         L += ["## 4. Number of synthetic points n", "",
               f"{LOSS_TITLES[e4['loss']]}, {len(e4['seeds'])} paired seeds, at {e4['iteration']} iterations"
-              + (f" (the main comparison runs to {main_last})" if main_last and main_last != e4["iteration"] else "")
-              + "; n = 0 is the plain loss (mean ± SE, %); verdicts corrected over the values of n.", "",
+              + (f" (the main comparison: {main_last})" if main_last and main_last != e4["iteration"] else "")
+              + "; n = 0 is the plain loss; mean ± SE, %; verdicts corrected over the values of n.", "",
               "| n | NMI | F1 | R@1 | R@2 | R@4 | R@8 |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in e4["rows"]:
