@@ -25,7 +25,11 @@ def paired(a, b, confidence: float = 1 - ALPHA) -> dict:
     ``t = mean / se``, ``p`` (two-sided, Student's t with ``df``), and ``ci`` = ``mean ± t_{df, 1-α/2} se``.
     With one seed, or differences that are all equal (to rounding), the test is undefined: ``p`` is ``nan``
     (and ``se`` is 0 in the second case), so no verdict is drawn from it."""
-    from scipy import stats
+    try:
+        from scipy import stats
+    except ImportError as exc:
+        raise ImportError('ee_cuda.repro.stats needs scipy, part of the optional extra "repro": '
+                          'pip install "ee_cuda[repro]"') from exc
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
