@@ -78,11 +78,16 @@ def test_report_tables_match_json(tiny_run):
     assert all(r["saved_bytes_step"] > 0 and r["seconds_per_iteration"] > 0 for r in e8["rows"])
 
 
+def copy_json(src, dst):
+    """The JSON files of a run's output folder, copied to ``dst`` (to rewrite the report from edited data)."""
+    for name in os.listdir(src):
+        if name.endswith(".json"):
+            (dst / name).write_text((src / name).read_text())
+
+
 def test_report_is_generated_from_json(tiny_run, tmp_path):
     out, _ = tiny_run
-    for name in os.listdir(out):
-        if name.endswith(".json"):
-            (tmp_path / name).write_text((out / name).read_text())
+    copy_json(out, tmp_path)
     e1 = json.loads((tmp_path / "exp1_losses.json").read_text())
     value = float(RNG.uniform(0.1, 0.9))
     e1["curves"][0]["b_mean"] = value
@@ -114,9 +119,7 @@ def test_experiments_read_their_own_checkpoints(tiny_run):
 
 def test_smoke_set_report_has_no_verdicts(tiny_run, tmp_path):
     out, _ = tiny_run
-    for name in os.listdir(out):
-        if name.endswith(".json"):
-            (tmp_path / name).write_text((out / name).read_text())
+    copy_json(out, tmp_path)
     e1 = json.loads((tmp_path / "exp1_losses.json").read_text())
     e1["dataset"]["name"] = "digits"
     (tmp_path / "exp1_losses.json").write_text(json.dumps(e1))

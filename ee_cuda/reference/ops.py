@@ -86,20 +86,29 @@ def hard_negative_pairs(X, pairs, labels, n_inner: int, normalize: bool = True, 
                                 (ref_X, ref_pairs, ref_labels) if has_ref else None)
 
 
-def _hard_negative_pairs(X, pairs, labels, n_inner, normalize, ref=None):
-    P, T = pairs.shape[0], n_inner + 2
+def _negatives_and_distances(X, pairs, labels, n_inner, normalize, ref):
+    """Which reference pairs have another label than each pair ``(P, Q)``, and the distances between the
+    two sets' augmented points ``(P, T, Q, T)``; the reference is the batch itself when ``ref`` is None."""
     ref_pairs, ref_labels = (pairs, labels) if ref is None else ref[1:]
-    Q = ref_pairs.shape[0]
+    negative = _pair_labels(labels, pairs)[:, None] != _pair_labels(ref_labels, ref_pairs)[None, :]
+    return negative, _augmented_distances(X, pairs, n_inner, normalize, None if ref is None else ref[:2])
+
+
+def _found(dist, flat, T, found):
+    """``(dist, index)`` from a minimum and its flat argmin over ``(a, b)`` pairs of ``T`` positions:
+    ``index = (flat // T, flat % T)``, and ``+inf`` / ``(-1, -1)`` where ``found`` is False."""
+    index = torch.stack([flat // T, flat % T], dim=-1)
+    return (torch.where(found, dist, torch.full_like(dist, float("inf"))),
+            torch.where(found[..., None], index, torch.full_like(index, -1)))
+
+
+def _hard_negative_pairs(X, pairs, labels, n_inner, normalize, ref=None):
+    P, Q, T = pairs.shape[0], (pairs if ref is None else ref[1]).shape[0], n_inner + 2
     if P == 0 or Q == 0:
         return (X.new_full((P, Q), float("inf")), torch.full((P, Q, 2), -1, dtype=torch.long, device=X.device))
-    lab, ref_lab = _pair_labels(labels, pairs), _pair_labels(ref_labels, ref_pairs)
-    negative = lab[:, None] != ref_lab[None, :]
-    dist_all = _augmented_distances(X, pairs, n_inner, normalize, None if ref is None else ref[:2])
+    negative, dist_all = _negatives_and_distances(X, pairs, labels, n_inner, normalize, ref)
     dist, flat = dist_all.permute(0, 2, 1, 3).reshape(P, Q, T * T).min(dim=-1)
-    dist = torch.where(negative, dist, torch.full_like(dist, float("inf")))
-    index = torch.stack([flat // T, flat % T], dim=-1)
-    index = torch.where(negative[..., None], index, torch.full_like(index, -1))
-    return dist, index
+    return _found(dist, flat, T, negative)
 
 
 def hard_negative_points(X, pairs, labels, n_inner: int, normalize: bool = True, *, ref_X=None, ref_pairs=None,
@@ -116,21 +125,13 @@ def hard_negative_points(X, pairs, labels, n_inner: int, normalize: bool = True,
 
 
 def _hard_negative_points(X, pairs, labels, n_inner, normalize, ref=None):
-    P, T = pairs.shape[0], n_inner + 2
-    ref_pairs, ref_labels = (pairs, labels) if ref is None else ref[1:]
-    Q = ref_pairs.shape[0]
+    P, Q, T = pairs.shape[0], (pairs if ref is None else ref[1]).shape[0], n_inner + 2
     if P == 0 or Q == 0:
         return (X.new_full((P, T), float("inf")), torch.full((P, T, 2), -1, dtype=torch.long, device=X.device))
-    lab, ref_lab = _pair_labels(labels, pairs), _pair_labels(ref_labels, ref_pairs)
-    negative = lab[:, None] != ref_lab[None, :]
-    dist_all = _augmented_distances(X, pairs, n_inner, normalize, None if ref is None else ref[:2])
+    negative, dist_all = _negatives_and_distances(X, pairs, labels, n_inner, normalize, ref)
     dist_all = dist_all.masked_fill(~negative[:, None, :, None], float("inf")).reshape(P, T, Q * T)
     dist, flat = dist_all.min(dim=-1)
-    has_negative = negative.any(dim=1)[:, None]
-    dist = torch.where(has_negative, dist, torch.full_like(dist, float("inf")))
-    index = torch.stack([flat // T, flat % T], dim=-1)
-    index = torch.where(has_negative[..., None], index, torch.full_like(index, -1))
-    return dist, index
+    return _found(dist, flat, T, negative.any(dim=1)[:, None].expand(P, T))
 
 
 def embedding_aug(X, labels, num_instance: int, n_inner_pts: int, l2_norm: bool = True):

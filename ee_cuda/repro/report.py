@@ -15,8 +15,8 @@ from .train import LOSS_TITLES
 
 __all__ = ["write_report"]
 
-# What the paper reports, as quoted in the project's issue on this harness (a citation, not a result here):
-# R@1 gains from EE on Cars196 with an ImageNet-pretrained GoogLeNet.
+# R@1 gains from EE that the paper reports on Cars196 with an ImageNet-pretrained GoogLeNet: a citation,
+# printed beside this harness's results, not one of them.
 PAPER_GAIN_POINTS = {"triplet": "about +11 to +12", "hphn": "about +11 to +12"}
 PAPER_SETTING = "Cars196, ImageNet-pretrained GoogLeNet"
 
@@ -100,7 +100,8 @@ def _summary(L, e1, e2, smoke):
           + (f"; not testable (equal differences on every seed, or one seed): {_names(groups['not tested'])}"
              if "not tested" in groups else "")
           + f". The main comparison is {LOSS_TITLES[e1['main_loss']]} over {k_main} paired seeds."]
-    L += ["", f"**Against the paper** ({PAPER_SETTING}, as quoted; this harness measures something else):", "",
+    L += ["", f"**Against the paper** ({PAPER_SETTING}, as the paper reports; this harness measures something "
+          "else):", "",
           "| loss | Δ R@1 here (last checkpoint) | paper's reported gain |", "| --- | --- | --- |"]
     for loss, r in last_by_loss.items():
         L += [f"| {LOSS_TITLES[loss]} | {_pts(r['mean'])} | {PAPER_GAIN_POINTS.get(loss, 'not quoted here')} |"]
