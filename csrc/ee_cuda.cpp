@@ -3,6 +3,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/route_cpu.h"
+
 #ifndef EE_CUDA_ARCH_LIST
 #define EE_CUDA_ARCH_LIST ""
 #endif
@@ -18,6 +20,19 @@ TORCH_LIBRARY(ee_cuda, m) {
   m.def(
       "hard_negative_points_backward(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
       "bool normalize) -> Tensor");
+  // With a reference set (docs/design.md §3): the candidates are the augmented points of (ref_X, ref_pairs).
+  m.def(
+      "hard_negative_pairs_ref(Tensor X, Tensor pairs, Tensor labels, Tensor ref_X, Tensor ref_pairs, "
+      "Tensor ref_labels, int n_inner, bool normalize) -> (Tensor, Tensor)");
+  m.def(
+      "hard_negative_pairs_ref_backward(Tensor grad, Tensor X, Tensor pairs, Tensor ref_X, Tensor ref_pairs, "
+      "Tensor dist, Tensor index, int n_inner, bool normalize) -> (Tensor, Tensor)");
+  m.def(
+      "hard_negative_points_ref(Tensor X, Tensor pairs, Tensor labels, Tensor ref_X, Tensor ref_pairs, "
+      "Tensor ref_labels, int n_inner, bool normalize) -> (Tensor, Tensor)");
+  m.def(
+      "hard_negative_points_ref_backward(Tensor grad, Tensor X, Tensor pairs, Tensor ref_X, Tensor ref_pairs, "
+      "Tensor dist, Tensor index, int n_inner, bool normalize) -> (Tensor, Tensor)");
   // Test-only (CPU): the CUDA kernels' tiles and per-output atomic scatter, emulated on the CPU.
   m.def(
       "search_tiles_emulated(Tensor X, Tensor pairs, Tensor labels, int n_inner, bool normalize, bool points) "
@@ -52,4 +67,7 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused Embedding Expansion kernels; the ops live in torch.ops.ee_cuda";
   m.def("build_info", &build_info, "Which fused kernels this build contains");
+  m.def(
+      "_force_cpu_tiles", [](bool forced) { ee::cpu_tiles_forced() = forced; },
+      "Tests only: every CPU search takes the tile path that the CUDA kernels run");
 }

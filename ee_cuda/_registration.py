@@ -48,6 +48,28 @@ def _points_backward_fake(grad, X, pairs, dist, index, n_inner, normalize):
     return torch.empty_like(X)
 
 
+@torch.library.register_fake(_lib + "hard_negative_pairs_ref")
+def _pairs_ref_fake(X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, normalize):
+    P, Q = pairs.shape[0], ref_pairs.shape[0]
+    return _dist_like(X, P, Q), pairs.new_empty(P, Q, 2)
+
+
+@torch.library.register_fake(_lib + "hard_negative_points_ref")
+def _points_ref_fake(X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, normalize):
+    P = pairs.shape[0]
+    return _dist_like(X, P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
+
+
+@torch.library.register_fake(_lib + "hard_negative_pairs_ref_backward")
+def _pairs_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_inner, normalize):
+    return torch.empty_like(X), torch.empty_like(ref_X)
+
+
+@torch.library.register_fake(_lib + "hard_negative_points_ref_backward")
+def _points_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_inner, normalize):
+    return torch.empty_like(X), torch.empty_like(ref_X)
+
+
 @torch.library.register_fake(_lib + "search_tiles_emulated")
 def _tiles_fake(X, pairs, labels, n_inner, normalize, points):
     P = pairs.shape[0]
@@ -93,6 +115,25 @@ def _search_backward(op):
     return backward
 
 
+def _setup_reference_search(ctx, inputs, output):
+    X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, normalize = inputs
+    dist, index = output
+    ctx.save_for_backward(X, pairs, ref_X, ref_pairs, dist, index)
+    ctx.n_inner, ctx.normalize = n_inner, normalize
+    ctx.mark_non_differentiable(index)
+    ctx.set_materialize_grads(False)
+
+
+def _reference_search_backward(op):
+    def backward(ctx, grad_dist, grad_index):
+        if grad_dist is None:
+            return (None,) * 8
+        X, pairs, ref_X, ref_pairs, dist, index = ctx.saved_tensors
+        dX, dref = op(grad_dist.contiguous(), X, pairs, ref_X, ref_pairs, dist, index, ctx.n_inner, ctx.normalize)
+        return dX, None, None, dref, None, None, None, None
+    return backward
+
+
 torch.library.register_autograd(_lib + "expand", _backward_expand, setup_context=_setup_expand)
 torch.library.register_autograd(_lib + "hard_negative_pairs",
                                 _search_backward(torch.ops.ee_cuda.hard_negative_pairs_backward),
@@ -100,3 +141,9 @@ torch.library.register_autograd(_lib + "hard_negative_pairs",
 torch.library.register_autograd(_lib + "hard_negative_points",
                                 _search_backward(torch.ops.ee_cuda.hard_negative_points_backward),
                                 setup_context=_setup_search)
+torch.library.register_autograd(_lib + "hard_negative_pairs_ref",
+                                _reference_search_backward(torch.ops.ee_cuda.hard_negative_pairs_ref_backward),
+                                setup_context=_setup_reference_search)
+torch.library.register_autograd(_lib + "hard_negative_points_ref",
+                                _reference_search_backward(torch.ops.ee_cuda.hard_negative_points_ref_backward),
+                                setup_context=_setup_reference_search)

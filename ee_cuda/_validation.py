@@ -85,10 +85,10 @@ def check_pairs(pairs, B: int, device: torch.device, labels=None, name: str = "p
                 f"labels[{i}]={labels[i].item()} != labels[{j}]={labels[j].item()}")
 
 
-def check_reference_set(X, ref_X, ref_pairs, ref_labels) -> bool:
+def check_reference_set(X, ref_X, ref_pairs, ref_labels, values: bool = True) -> bool:
     """The optional reference set of the searches (docs/design.md §3): all of ``ref_X``, ``ref_pairs``,
     ``ref_labels`` or none. Returns whether it is given; checks each argument by name, and that ``ref_X``
-    matches ``X`` in width, dtype and device."""
+    matches ``X`` in width, dtype and device. ``values`` as in ``check_pairs``."""
     given = {"ref_X": ref_X, "ref_pairs": ref_pairs, "ref_labels": ref_labels}
     missing = [name for name, v in given.items() if v is None]
     if len(missing) == len(given):
@@ -104,7 +104,7 @@ def check_reference_set(X, ref_X, ref_pairs, ref_labels) -> bool:
     if ref_X.device != X.device:
         raise ValueError(f"ref_X is on {ref_X.device} but X is on {X.device}; put both on one device")
     check_labels(ref_labels, ref_X.shape[0], ref_X.device, "ref_labels")
-    check_pairs(ref_pairs, ref_X.shape[0], ref_X.device, ref_labels, "ref_pairs")
+    check_pairs(ref_pairs, ref_X.shape[0], ref_X.device, ref_labels, "ref_pairs", values)
     return True
 
 

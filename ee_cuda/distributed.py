@@ -17,6 +17,12 @@ augmented points, so mining over the *global* batch gives every anchor more (and
   when the gradients are summed rather than averaged (or to get ``∂L/∂x_local`` itself).
   PML's ``DistributedLossWrapper`` makes the same correction by returning ``loss * world_size``.
 
+With a memory bank, put the memory inside: ``GlobalBatchLoss(CrossBatchMemory(loss, ...))`` (see
+``ee_cuda.memory``). The memory then enqueues the global batch, so every rank holds the same memory (all
+ranks' recent batches) and the loss is that of one process with the concatenated batches; its
+``memory_size`` counts global rows. (The other order would fill each rank's memory with its local batches
+only, and mine the gathered batch against them.)
+
 Without an initialized process group (or with one rank) ``GlobalBatchLoss`` just calls the loss.
 Every rank must call it the same number of times (it communicates). For ``HPHNTripletLoss`` with
 ``n_inner_pts > 0`` each local batch must be in the adjacent layout (even sizes), which the rank-ordered

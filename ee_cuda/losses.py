@@ -41,6 +41,21 @@ Choices the paper leaves open, made here (and tested in ``tests/test_losses.py``
   gradient flows through ``d̂`` (the fused op) and the norms. This is the identity
   ``<a, b> = (|a|² + |b|² - |a - b|²)/2``, exact up to rounding (absolute error ``~eps·(|a|²+|b|²)``).
 
+**Reference sets** (``ref_emb``, ``ref_labels``; a memory bank, PML's ``ref_emb``). Every loss also takes
+``forward(embeddings, labels, ref_emb=R, ref_labels=y_R)`` (keyword-only, both or neither): the queries and
+their positives come from the batch, the negatives from the reference set only (docs/design.md §9). For the
+pair losses ``N(p)`` becomes the reference's pairs ``q`` of other labels (built from ``ref_labels`` with the
+loss's ``pairs`` mode), ``d̂_pq = hard_negative_pairs(..., ref_X=R, ...)[p, q]`` (``P×Q``) and ``ŝ_pq``
+its dot product (the reference side's point norms from ``R``); HPHN keeps ``d_ap`` from the batch and takes
+``d_an`` from the reference's (augmented) rows. ``R`` needs the embeddings' width and device, and the same
+computation dtype (float16/bfloat16/float32 all compute in float32, float64 in float64); gradients flow to
+``embeddings`` and, where it requires grad, to ``ref_emb``. Package choices: a pair (HPHN: an anchor) with no
+negative in the reference contributes 0 and still counts in ``reduction="mean"`` (with a reference set
+"every pair or none has a negative" no longer holds, so the mean is over all items, not those with a
+negative); a reference that contains the batch itself is harmless, since a query's own pair has its own
+label and is never its negative. ``ee_cuda.losses.CrossBatchMemory`` keeps such a reference set across
+batches (``ee_cuda.memory``).
+
 ``torch.compile``: every loss traces with ``fullgraph=True``, called as ``loss(X, labels)`` or with explicit
 pairs. Pairs built from the labels (``positive_pairs(labels, "all")``) have a data-dependent count, so the
 losses never branch on it (an empty batch of pairs takes the same graph).
@@ -60,7 +75,7 @@ from . import ops
 from ._validation import check_embeddings, check_labels, check_n_inner
 
 __all__ = ["HPHNTripletLoss", "TripletLoss", "LiftedStructureLoss", "NPairLoss", "MultiSimilarityLoss",
-           "EELoss", "REDUCTIONS"]
+           "EELoss", "CrossBatchMemory", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum", "none")
 EPS = 1e-12  # docs/design.md §1
@@ -74,8 +89,45 @@ def _no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss computes in for inputs of ``dtype``: float64 stays, everything else is float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _compute_dtype_input(X: torch.Tensor) -> torch.Tensor:
-    return X if X.dtype in (torch.float32, torch.float64) else X.float()
+    return X.to(_compute_dtype(X.dtype))
+
+
+def _check_reference(embeddings: torch.Tensor, ref_emb, ref_labels) -> bool:
+    """``ref_emb (R, D)`` and ``ref_labels (R,)``, both or neither; returns whether they are given. ``ref_emb``
+    must match the embeddings in width and device and compute in the same dtype (see ``_compute_dtype``)."""
+    if (ref_emb is None) != (ref_labels is None):
+        given, missing = ("ref_emb", "ref_labels") if ref_labels is None else ("ref_labels", "ref_emb")
+        raise ValueError(f"ref_emb and ref_labels go together (both or neither): got {given} without {missing}")
+    if ref_emb is None:
+        return False
+    check_embeddings(ref_emb, "ref_emb")
+    if ref_emb.shape[1] != embeddings.shape[1]:
+        raise ValueError(f"ref_emb has D={ref_emb.shape[1]} columns but embeddings have D={embeddings.shape[1]}; "
+                         "they must match")
+    if ref_emb.device != embeddings.device:
+        raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings are on {embeddings.device}; "
+                         "put both on one device")
+    if _compute_dtype(ref_emb.dtype) != _compute_dtype(embeddings.dtype):
+        raise TypeError(f"ref_emb is {ref_emb.dtype} but embeddings are {embeddings.dtype}: the loss would compute "
+                        f"them in {_compute_dtype(ref_emb.dtype)} and {_compute_dtype(embeddings.dtype)}; give both "
+                        "float64, or both float16/bfloat16/float32 (computed in float32)")
+    check_labels(ref_labels, ref_emb.shape[0], ref_emb.device, "ref_labels")
+    return True
+
+
+def _reference_pairs(ref_labels: torch.Tensor, mode: str, who: str) -> torch.Tensor:
+    """The reference's positive pairs in ``mode``; a reference that breaks the adjacent layout is named as such."""
+    try:
+        return ops.positive_pairs(ref_labels, mode)
+    except ValueError as exc:
+        raise ValueError(f"{who}: ref_emb/ref_labels must be in the adjacent layout (rows 2k, 2k+1 of one label) "
+                         f"here: {exc}") from None
 
 
 def _reduce(per: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -97,8 +149,10 @@ def _check_reduction(reduction: str) -> str:
 class EELoss(nn.Module):
     """Base class: argument checks, dtype/autocast handling, reduction.
 
-    Subclasses implement ``per_item(embeddings, labels, pairs=None) -> (losses, items)`` where ``items``
-    is ``(P, 2)`` positive pairs for the pair losses and ``(B,)`` anchor indices for HPHN.
+    Subclasses implement ``per_item(embeddings, labels, pairs=None, *, ref_emb=None, ref_labels=None)
+    -> (losses, items)`` where ``items`` is ``(P, 2)`` positive pairs (indices into the batch) for the pair
+    losses and ``(B,)`` anchor indices for HPHN; ``ref_emb``/``ref_labels`` is the optional reference set the
+    negatives come from (see the module docstring).
     """
 
     def __init__(self, n_inner_pts: int = 0, l2_norm: bool = True, reduction: str = "mean"):
@@ -107,16 +161,21 @@ class EELoss(nn.Module):
         self.l2_norm = bool(l2_norm)
         self.reduction = _check_reduction(reduction)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor | None = None):
-        losses, _ = self.per_item(embeddings, labels, pairs)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor | None = None, *,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None):
+        losses, _ = self.per_item(embeddings, labels, pairs, ref_emb=ref_emb, ref_labels=ref_labels)
         return _reduce(losses, self.reduction)
 
-    def _prepare(self, embeddings, labels):
+    def _prepare(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """Checked inputs in the compute dtype: ``(X, labels, ref)`` with ``ref = (ref_X, ref_labels)`` or None."""
         check_embeddings(embeddings, "embeddings")
         check_labels(labels, embeddings.shape[0], embeddings.device)
-        return _compute_dtype_input(embeddings), labels
+        ref = None
+        if _check_reference(embeddings, ref_emb, ref_labels):
+            ref = (_compute_dtype_input(ref_emb), ref_labels)
+        return _compute_dtype_input(embeddings), labels, ref
 
-    def per_item(self, embeddings, labels, pairs=None):  # pragma: no cover - abstract
+    def per_item(self, embeddings, labels, pairs=None, *, ref_emb=None, ref_labels=None):  # pragma: no cover
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -131,10 +190,12 @@ class EELoss(nn.Module):
 # HPHN triplet: exactly the official loss/hphn_triplet.py
 # --------------------------------------------------------------------------------------------------
 
-def _official_dist(X: torch.Tensor) -> torch.Tensor:
-    """``sqrt(clamp(|a|² + |b|² - 2<a, b>, 1e-12, 1e12))`` between all rows (official ``euclidean_dist``)."""
+def _official_dist(X: torch.Tensor, Y: torch.Tensor | None = None) -> torch.Tensor:
+    """``sqrt(clamp(|a|² + |b|² - 2<a, b>, 1e-12, 1e12))`` between the rows of ``X`` and those of ``Y``
+    (default ``X``; official ``euclidean_dist``)."""
     sq = (X * X).sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (X @ X.t())
+    sq_y = sq if Y is None else (Y * Y).sum(dim=1)
+    d2 = sq[:, None] + sq_y[None, :] - 2.0 * (X @ (X if Y is None else Y).t())
     return d2.clamp(1e-12, 1e12).sqrt()
 
 
@@ -168,6 +229,14 @@ class HPHNTripletLoss(EELoss):
     and ``d_an(2k) = min_{t<=n} dist[k, t]``, ``d_an(2k+1) = min_{t>=1} dist[k, t]`` (clamped to
     ``[1e-6, 1e6]``). No ``(n+1)B × (n+1)B`` matrix exists.
 
+    With a reference set (``ref_emb=R``, ``ref_labels=y_R``; a memory bank): ``d_ap(i)`` is as above, from the
+    batch only; ``d_an(i) = min_{k=0..n} min_{z of another label} dist(G_k[i], z)`` over the reference's
+    augmented rows ``z`` in ``[R; G_1(R); ...; G_n(R)]`` (``R`` itself at ``n_inner_pts=0``), where
+    ``G_k(R)`` are ``R``'s synthetic rows of its adjacent pairs, so ``R`` must be in the adjacent layout too
+    (even ``R``) when ``n_inner_pts > 0``. Fused: ``n = 0`` takes the ``B×R`` distance matrix,
+    ``n > 0`` ``hard_negative_points`` of the batch's adjacent pairs against the reference's (same clamp).
+    An anchor with no row of another label in the reference contributes 0.
+
     Where the package chose (docs/design.md §9 overrides upstream): an anchor with no negative (a batch of one class)
     contributes 0; upstream falls back to the row maximum and yields ``relu(d_ap - max_row + margin)``.
     ``num_instances`` of upstream is not needed (the adjacent layout is checked instead).
@@ -181,27 +250,37 @@ class HPHNTripletLoss(EELoss):
         self.margin = float(margin)
         self.soft_margin = bool(soft_margin)
 
-    def per_item(self, embeddings, labels, pairs=None):
+    def per_item(self, embeddings, labels, pairs=None, *, ref_emb=None, ref_labels=None):
         if pairs is not None:
             raise ValueError("HPHNTripletLoss: pairs must be None (anchors are the rows; n_inner_pts > 0 "
                              "uses the adjacent layout (2k, 2k+1))")
-        X, labels = self._prepare(embeddings, labels)
+        X, labels, ref = self._prepare(embeddings, labels, ref_emb, ref_labels)
         n = self.n_inner_pts
         B = X.shape[0]
         with _no_autocast(X.device):
             same = labels[:, None] == labels[None, :]
-            has_neg = (~same).any(dim=1)
+            negative = ~same if ref is None else labels[:, None] != ref[1][None, :]   # (B, B) or (B, R)
+            has_neg = negative.any(dim=1)
             dist = _official_dist(X)
             d_ap = (dist * same).max(dim=1).values if B > 0 else dist.new_zeros(0)
             if n == 0:
-                d_an = torch.where(same, torch.full_like(dist, float("inf")), dist)
-                d_an = d_an.min(dim=1).values if B > 0 else dist.new_zeros(0)
+                to_ref = dist if ref is None else _official_dist(X, ref[0])
+                d_an = torch.where(negative, to_ref, torch.full_like(to_ref, float("inf")))
+                # the identity column: no branch on B or R (either may be 0)
+                d_an = _row_reduce(d_an, lambda t: t.min(dim=1).values, float("inf"))
             else:
                 if B % 2:
                     raise ValueError(f"HPHNTripletLoss: n_inner_pts > 0 needs the adjacent layout and an even "
                                      f"batch, got B={B}")
                 pairs = ops.positive_pairs(labels, "adjacent")  # checks the layout (ValueError names the rows)
-                hn, _ = ops.hard_negative_points(X, pairs, labels, n, self.l2_norm)   # (B/2, n+2)
+                reference = {}
+                if ref is not None:
+                    if ref[0].shape[0] % 2:
+                        raise ValueError(f"HPHNTripletLoss: n_inner_pts > 0 needs ref_emb in the adjacent layout "
+                                         f"and an even number of rows, got R={ref[0].shape[0]}")
+                    reference = dict(ref_X=ref[0], ref_pairs=_reference_pairs(ref[1], "adjacent", "HPHNTripletLoss"),
+                                     ref_labels=ref[1])
+                hn, _ = ops.hard_negative_points(X, pairs, labels, n, self.l2_norm, **reference)   # (B/2, n+2)
                 # anchor 2k sees a(k, 0..n), anchor 2k+1 sees a(k, n+1..1) (its G_t is a(k, n+1-t))
                 d_an = torch.stack([hn[:, :n + 1].min(dim=1).values, hn[:, 1:].min(dim=1).values], dim=1)
                 d_an = d_an.reshape(B).clamp(1e-6, 1e6)
@@ -217,30 +296,46 @@ class HPHNTripletLoss(EELoss):
 # --------------------------------------------------------------------------------------------------
 
 class _PairStats:
-    """Everything the pair losses need about the positive pairs and their hard negative pairs."""
+    """Everything the pair losses need about the positive pairs and their hard negative pairs.
 
-    def __init__(self, X, labels, pairs, n, normalize, need_dot):
+    ``ref``: None (the negative pairs ``q`` are the batch's own ``pairs``: ``P×P``) or
+    ``(ref_X, ref_labels, ref_pairs)`` (the ``q`` are the reference's pairs: ``P×Q``)."""
+
+    def __init__(self, X, labels, pairs, n, normalize, need_dot, ref=None):
         pairs = pairs.long()
         self.P = P = pairs.shape[0]
         xi, xj = X[pairs[:, 0]], X[pairs[:, 1]]
         self.d_p = torch.linalg.vector_norm(xi - xj, dim=1)
         self.s_p = (xi * xj).sum(dim=1)
         lab = labels[pairs[:, 0]]
-        self.neg = lab[:, None] != lab[None, :]
+        if ref is None:
+            ref_lab, reference = lab, {}
+        else:
+            ref_X, ref_labels, ref_pairs = ref
+            ref_pairs = ref_pairs.long()
+            ref_lab = ref_labels[ref_pairs[:, 0]]
+            reference = dict(ref_X=ref_X, ref_pairs=ref_pairs, ref_labels=ref_labels)
+        self.neg = lab[:, None] != ref_lab[None, :]
         self.has_neg = self.neg.any(dim=1)
-        dist, index = ops.hard_negative_pairs(X, pairs, labels, n, normalize)
+        dist, index = ops.hard_negative_pairs(X, pairs, labels, n, normalize, **reference)
         # finite everywhere (0 where same label) so that masked arithmetic never makes NaN gradients
         self.dhat = torch.where(self.neg, dist, torch.zeros_like(dist))
         self.shat = None
         if need_dot:
             sq = self._point_sq_norms((xi * xi).sum(dim=1), (xj * xj).sum(dim=1), self.s_p, n, normalize)
-            T = sq.shape[1]
+            if ref is None:
+                ref_sq = sq
+            else:
+                rk, rl = ref_X[ref_pairs[:, 0]], ref_X[ref_pairs[:, 1]]
+                ref_sq = self._point_sq_norms((rk * rk).sum(dim=1), (rl * rl).sum(dim=1), (rk * rl).sum(dim=1), n,
+                                              normalize)
+            Q, T = ref_sq.shape
             t_idx = index[..., 0].clamp_min(0)
-            # flat index q*T + r* of a(q, r*) in sq; gathers (whose backward is a scatter-add) rather than
-            # advanced indexing (an accumulating index_put, several times slower on P x P)
-            qr_idx = index[..., 1].clamp_min(0) + torch.arange(0, P * T, T, device=X.device).view(1, P)
-            norm_a = torch.gather(sq, 1, t_idx)                                 # |a(p, t*)|²
-            norm_b = sq.reshape(P * T).gather(0, qr_idx.reshape(P * P)).view(P, P)  # |a(q, r*)|²
+            # flat index q*T + r* of a(q, r*) in ref_sq; gathers (whose backward is a scatter-add) rather than
+            # advanced indexing (an accumulating index_put, several times slower on P x Q)
+            qr_idx = index[..., 1].clamp_min(0) + torch.arange(0, Q * T, T, device=X.device).view(1, Q)
+            norm_a = torch.gather(sq, 1, t_idx)                                         # |a(p, t*)|²
+            norm_b = ref_sq.reshape(Q * T).gather(0, qr_idx.reshape(P * Q)).view(P, Q)  # |a(q, r*)|²
             shat = (norm_a + norm_b - self.dhat * self.dhat) * 0.5
             self.shat = torch.where(self.neg, shat, torch.zeros_like(shat))
 
@@ -297,12 +392,14 @@ class _PairLoss(EELoss):
             raise ValueError(f"pairs must be one of {_PAIR_MODES}, got {pairs!r}")
         self.pairs = pairs
 
-    def per_item(self, embeddings, labels, pairs=None):
-        X, labels = self._prepare(embeddings, labels)
+    def per_item(self, embeddings, labels, pairs=None, *, ref_emb=None, ref_labels=None):
+        X, labels, ref = self._prepare(embeddings, labels, ref_emb, ref_labels)
         if pairs is None:
             pairs = ops.positive_pairs(labels, self.pairs)
+        if ref is not None:
+            ref = ref + (_reference_pairs(ref[1], self.pairs, type(self).__name__),)
         with _no_autocast(X.device):
-            st = _PairStats(X, labels, pairs, self.n_inner_pts, self.l2_norm, self._needs_dot)
+            st = _PairStats(X, labels, pairs, self.n_inner_pts, self.l2_norm, self._needs_dot, ref)
             per = self._pair_losses(st)
             per = torch.where(st.has_neg, per, torch.zeros_like(per))
         return per, pairs
@@ -328,6 +425,11 @@ class TripletLoss(_PairLoss):
     PML's ``TripletMarginLoss`` on the triplets ``(i, j, n_i*)`` and ``(j, i, n_j*)`` that
     ``BatchEasyHardMiner(pos_strategy="all", neg_strategy="hard")`` mines (tested). It is not the plain
     all-triplets loss: one term per pair, with the negative hardest for either endpoint.
+
+    With a reference set (``ref_emb=R``, ``ref_labels=y_R``): ``L_p = relu(d_p - min_{q in N_R(p)} d̂_pq +
+    margin)`` where ``p`` runs over the batch's pairs, ``N_R(p)`` over the pairs of ``R`` (``pairs`` mode
+    applied to ``y_R``) of another label than ``p``, and ``d̂_pq = min_{t, r} ||a(p, t) - a_R(q, r)||`` is
+    ``hard_negative_pairs(X, pairs, labels, n, ref_X=R, ref_pairs=..., ref_labels=y_R)`` (``P×Q``).
     """
 
     def __init__(self, margin: float = 0.2, n_inner_pts: int = 0, l2_norm: bool = True,
@@ -358,6 +460,10 @@ class LiftedStructureLoss(_PairLoss):
     represented once by its hardest point pair ``d̂_pq`` (the paper's EE form), whereas the original sums
     over every negative *sample* of both ``i`` and ``j``. Hence no established loss equals this one at
     ``n_inner_pts=0`` (PML ``LiftedStructureLoss`` and ``GeneralizedLiftedStructureLoss`` differ).
+
+    With a reference set (``ref_emb=R``, ``ref_labels=y_R``): ``J_p = d_p + log Σ_{q in N_R(p)} exp(margin -
+    d̂_pq)`` with ``d_p`` from the batch and ``q``, ``d̂_pq`` as in ``TripletLoss``: the pairs of ``R`` of
+    another label and the ``P×Q`` search against them.
     """
 
     def __init__(self, margin: float = 1.0, n_inner_pts: int = 0, l2_norm: bool = True,
@@ -386,6 +492,11 @@ class NPairLoss(_PairLoss):
     ``<x_i, x_k+>`` with one positive ``x_k+`` of each other class, this takes per pair ``q`` the closest of
     the ``T²`` point pairs (at ``n=0``, the closest of the four cross pairs); so no established loss equals
     it at ``n_inner_pts=0``.
+
+    With a reference set (``ref_emb=R``, ``ref_labels=y_R``): ``L_p = log(1 + Σ_{q in N_R(p)} exp(ŝ_pq -
+    s_p))`` over the pairs ``q`` of ``R`` of another label; ``ŝ_pq = (|a(p, t*)|² + |a_R(q, r*)|² -
+    d̂_pq²) / 2`` for the pair ``(t*, r*)`` the ``P×Q`` search selects, the norms ``|a_R(q, r)|²`` from
+    ``R``'s rows (as for the batch's).
     """
 
     _needs_dot = True
@@ -416,6 +527,11 @@ class MultiSimilarityLoss(_PairLoss):
     positives and negative samples; here the positive term is the pair itself and the negatives are the
     pairs of other labels through their closest point pair, so no established loss equals it at
     ``n_inner_pts=0``.
+
+    With a reference set (``ref_emb=R``, ``ref_labels=y_R``): the positive term as above (the batch's pair),
+    the negative term ``(1/beta) log(1 + Σ_{q in N_R(p)} exp(beta (ŝ_pq - base)))`` over the pairs of ``R``
+    of another label, with ``ŝ_pq`` as in ``NPairLoss``. A pair with no such ``q`` contributes 0, its
+    positive term included (the rule above; with a reference set it can happen to some pairs only).
     """
 
     _needs_dot = True
@@ -434,3 +550,6 @@ class MultiSimilarityLoss(_PairLoss):
         pos = torch.logaddexp(z, torch.zeros_like(z)) / self.alpha
         lse, _ = _masked_logsumexp(self.beta * (st.shat - self.base), st.neg, add_one=True)
         return pos + lse / self.beta
+
+
+from .memory import CrossBatchMemory  # noqa: E402  (re-exported; ee_cuda.memory builds on the losses above)

@@ -10,7 +10,8 @@ import torch
 
 from .reference import ops as reference
 from ._backend import use_fused
-from ._validation import check_embedding_aug_args, check_embeddings, check_labels, check_n_inner, check_pairs
+from ._validation import (check_embedding_aug_args, check_embeddings, check_labels, check_n_inner, check_pairs,
+                          check_reference_set)
 from .pairs import positive_pairs
 
 __all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pairs", "embedding_aug"]
@@ -46,8 +47,31 @@ def expand(X: torch.Tensor, pairs: torch.Tensor, n_inner: int, normalize: bool =
     return reference._expand(X, pairs, n_inner, normalize)
 
 
+def _search(name: str, X, pairs, labels, n_inner, normalize, ref_X, ref_pairs, ref_labels, backend):
+    """The shared body of both searches: checks, then the fused kernel or the reference, with or without a
+    reference set."""
+    check_embeddings(X)
+    n_inner = check_n_inner(n_inner)
+    check_labels(labels, X.shape[0], X.device)
+    fused = use_fused(name, X.device, backend)
+    by_kernel = _checked_by_kernel(fused, X)
+    check_pairs(pairs, X.shape[0], X.device, labels, values=not by_kernel)
+    has_ref = check_reference_set(X, ref_X, ref_pairs, ref_labels, values=not by_kernel)
+    if not fused:
+        twin = getattr(reference, "_" + name)
+        return twin(X, pairs, labels, n_inner, normalize, (ref_X, ref_pairs, ref_labels) if has_ref else None)
+    if has_ref:
+        op = getattr(torch.ops.ee_cuda, name + "_ref")
+        found = op(X, pairs.long(), labels.long(), ref_X, ref_pairs.long(), ref_labels.long(), n_inner, normalize)
+    else:
+        found = getattr(torch.ops.ee_cuda, name)(X, pairs.long(), labels.long(), n_inner, normalize)
+    return _in_dtype_of(X, found)
+
+
 def hard_negative_pairs(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tensor, n_inner: int,
-                        normalize: bool = True, *, backend: str | None = None):
+                        normalize: bool = True, *, ref_X: torch.Tensor | None = None,
+                        ref_pairs: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                        backend: str | None = None):
     """Hardest negative pair between the augmented sets of every two positive pairs (docs/design.md §3).
 
     Returns ``dist (P, P)`` in ``X``'s dtype and ``index (P, P, 2)`` int64:
@@ -55,35 +79,32 @@ def hard_negative_pairs(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tens
     its ``(t, r)`` (ties: smallest ``t*T + r``); ``+inf`` / ``(-1, -1)`` for same-label pairs.
     The fused kernel never materializes the augmented points: one ``X Xᵀ`` product, then a scan of the
     pair grid over Gram entries (docs/design.md §4). Gradients flow to ``X`` through the selected points.
+
+    With a reference set (``ref_X (R, D)``, ``ref_pairs (Q, 2)``, ``ref_labels (R,)``: all or none) the
+    ``q`` are the reference's pairs and ``a(q, r)`` its augmented points: ``dist`` and ``index`` are
+    ``(P, Q)`` and ``(P, Q, 2)``, not symmetric; the kernel forms the cross-Gram ``X ref_Xᵀ`` only, and
+    gradients flow to ``X`` and ``ref_X``.
     """
-    check_embeddings(X)
-    n_inner = check_n_inner(n_inner)
-    check_labels(labels, X.shape[0], X.device)
-    fused = use_fused("hard_negative_pairs", X.device, backend)
-    check_pairs(pairs, X.shape[0], X.device, labels, values=not _checked_by_kernel(fused, X))
-    if fused:
-        found = torch.ops.ee_cuda.hard_negative_pairs(X, pairs.long(), labels.long(), n_inner, normalize)
-        return _in_dtype_of(X, found)
-    return reference._hard_negative_pairs(X, pairs, labels, n_inner, normalize)
+    return _search("hard_negative_pairs", X, pairs, labels, n_inner, normalize, ref_X, ref_pairs, ref_labels,
+                   backend)
 
 
 def hard_negative_points(X: torch.Tensor, pairs: torch.Tensor, labels: torch.Tensor, n_inner: int,
-                         normalize: bool = True, *, backend: str | None = None):
+                         normalize: bool = True, *, ref_X: torch.Tensor | None = None,
+                         ref_pairs: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                         backend: str | None = None):
     """Hardest negative of every augmented point (docs/design.md §3).
 
     Returns ``dist (P, T)`` and ``index (P, T, 2)`` int64 with ``T = n_inner + 2``:
     ``dist[p, t] = min_{q of another label, r} ||a(p,t) - a(q,r)||`` and ``index[p, t] = (q, r)``
     (ties: smallest ``q*T + r``); ``+inf`` / ``(-1, -1)`` where no pair of another label exists.
+
+    With a reference set (``ref_X``, ``ref_pairs``, ``ref_labels``: all or none) the candidates ``a(q, r)``
+    are the augmented points of the reference's pairs (a memory bank, PML's ``ref_emb``); gradients flow
+    to ``X`` and ``ref_X``.
     """
-    check_embeddings(X)
-    n_inner = check_n_inner(n_inner)
-    check_labels(labels, X.shape[0], X.device)
-    fused = use_fused("hard_negative_points", X.device, backend)
-    check_pairs(pairs, X.shape[0], X.device, labels, values=not _checked_by_kernel(fused, X))
-    if fused:
-        found = torch.ops.ee_cuda.hard_negative_points(X, pairs.long(), labels.long(), n_inner, normalize)
-        return _in_dtype_of(X, found)
-    return reference._hard_negative_points(X, pairs, labels, n_inner, normalize)
+    return _search("hard_negative_points", X, pairs, labels, n_inner, normalize, ref_X, ref_pairs, ref_labels,
+                   backend)
 
 
 def embedding_aug(X: torch.Tensor, labels: torch.Tensor, num_instance: int, n_inner_pts: int,

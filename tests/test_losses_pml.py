@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 
 import pytest
 import torch
@@ -101,17 +102,71 @@ def test_adapter_reducers(name):
         assert (y[d["indices"][0]] == y[d["indices"][1]]).all()
 
 
-def test_adapter_rejects_miners_and_ref_emb_and_handles_no_pairs():
+def test_adapter_rejects_miners_and_handles_no_pairs():
     X, y = _batch()
     wrapped = EEPMLLoss(_make("triplet"))
     with pytest.raises(ValueError, match="indices_tuple"):
         wrapped(X, y, indices_tuple=miners.BatchHardMiner()(X, y))
-    with pytest.raises(ValueError, match="ref_emb"):
-        wrapped(X, y, ref_emb=X.detach(), ref_labels=y)
+    with pytest.raises(ValueError, match="got ref_emb without ref_labels"):
+        wrapped(X, y, ref_emb=X.detach())
     with pytest.raises(TypeError):
         EEPMLLoss(pml_losses.TripletMarginLoss())
     out, g = _value_grad(wrapped, X, torch.arange(X.shape[0]))  # no positive pairs
     assert out.item() == 0.0 and torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_adapter_ref_emb_is_the_reference_set(name, normalize):
+    """ref_emb/ref_labels: the EE loss with that reference set (both normalized by PML's default distance),
+    gradients to the embeddings and to ref_emb; ref_emb=embeddings (what PML passes without one) is the
+    in-batch loss."""
+    seed = fresh_seed()
+    X, y = _batch(4, 4)
+    ref, ref_y = _batch(5, 2)
+    ee = _make(name)
+    wrapped = EEPMLLoss(ee) if normalize else EEPMLLoss(ee, distance=_lp())
+    prep = (lambda Z: torch.nn.functional.normalize(Z, dim=1)) if normalize else (lambda Z: Z)
+    a = wrapped(X, y, ref_emb=ref, ref_labels=ref_y)
+    b = ee(prep(X), y, ref_emb=prep(ref), ref_labels=ref_y)
+    torch.testing.assert_close(a, b, msg=lambda m: f"seed={seed}: {m}")
+    for ga, gb in zip(torch.autograd.grad(a, (X, ref)), torch.autograd.grad(b, (X, ref))):
+        torch.testing.assert_close(ga, gb, msg=lambda m: f"seed={seed}: {m}")
+    torch.testing.assert_close(wrapped(X, y, ref_emb=X, ref_labels=y), wrapped(X, y))
+    assert not torch.allclose(a, wrapped(X, y)), f"seed={seed}: the reference set made no difference"
+
+
+def test_pml_cross_batch_memory_refuses_the_adapter():
+    """What the module docstring says: PML's CrossBatchMemory checks the loss's class name against a list."""
+    assert "EEPMLLoss" not in pml_losses.CrossBatchMemory.supported_losses()
+    with pytest.raises(Exception, match="CrossBatchMemory not supported for EEPMLLoss"):
+        pml_losses.CrossBatchMemory(EEPMLLoss(_make("hphn")), embedding_size=8, memory_size=32)
+
+
+def _indented_block(doc: str, marker: str) -> str:
+    """The literal block (indented lines) that follows ``marker`` in a docstring, dedented."""
+    lines = doc[doc.index(marker) + len(marker):].split("\n")[1:]
+    while not lines[0].strip():
+        lines.pop(0)
+    block = []
+    for line in lines:
+        if line.strip() and not line.startswith("    "):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block))
+
+
+def test_memory_bank_example_in_the_module_docstring():
+    """The module docstring's example runs as printed: EEPMLLoss inside ee_cuda's CrossBatchMemory, batches
+    from MPerClassSampler, the memory wrapping around (8 batches of 64 into 256 slots)."""
+    import ee_cuda.integrations.pml as module
+    fresh_seed()
+    scope = {}
+    exec(compile(_indented_block(module.__doc__, "(example, run by the tests)::"), module.__file__, "exec"), scope)
+    loss_fn, loss = scope["loss_fn"], scope["loss"]
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert (loss_fn.num_filled, loss_fn.queue_idx) == (256, 0)
+    assert loss_fn.embedding_memory.abs().sum() > 0
 
 
 @pytest.mark.parametrize("distance", [

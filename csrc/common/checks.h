@@ -14,41 +14,43 @@
 
 namespace ee {
 
-inline void check_embeddings(const at::Tensor& X) {
-  EE_CHECK_VALUE(X.dim() == 2, "X must have shape (B, D), got ", X.sizes());
-  EE_CHECK_TYPE(at::isFloatingType(X.scalar_type()), "X must be a floating tensor, got ", X.scalar_type());
+inline void check_embeddings(const at::Tensor& X, const char* name = "X") {
+  EE_CHECK_VALUE(X.dim() == 2, name, " must have shape (B, D), got ", X.sizes());
+  EE_CHECK_TYPE(at::isFloatingType(X.scalar_type()), name, " must be a floating tensor, got ", X.scalar_type());
 }
 
-inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X) {
-  EE_CHECK_TYPE(pairs.scalar_type() == at::kLong, "pairs must be an int64 tensor, got ", pairs.scalar_type());
-  EE_CHECK_VALUE(pairs.dim() == 2 && pairs.size(1) == 2, "pairs must have shape (P, 2), got ", pairs.sizes());
-  EE_CHECK_DEVICE(pairs, X);
+// `pairs` (named `name`) indexes the rows of X (named `of`).
+inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X, const char* name = "pairs", const char* of = "X") {
+  EE_CHECK_TYPE(pairs.scalar_type() == at::kLong, name, " must be an int64 tensor, got ", pairs.scalar_type());
+  EE_CHECK_VALUE(pairs.dim() == 2 && pairs.size(1) == 2, name, " must have shape (P, 2), got ", pairs.sizes());
+  EE_CHECK_VALUE(pairs.device() == X.device(), name, " is on ", pairs.device(), " but X is on ", X.device());
   // The CUDA kernels read no index on the host; they only guard rows against B, which needs B > 0.
-  EE_CHECK_VALUE(X.size(0) > 0 || pairs.size(0) == 0, "pairs has ", pairs.size(0), " rows but X has no rows");
+  EE_CHECK_VALUE(X.size(0) > 0 || pairs.size(0) == 0, name, " has ", pairs.size(0), " rows but ", of, " has no rows");
 }
 
 // The CPU kernels read pair values on the host before any kernel runs (free there; on the GPU it would
 // synchronize, so the CUDA kernels guard rows instead). Same checks, order and messages as the Python
 // wrappers' (ee_cuda/_validation.py), which leave them to this one pass on the CPU: every row in [0, B),
 // then no row pairing a sample with itself, then (given labels) every pair within one label.
-inline void check_pair_values_on_cpu(const at::Tensor& pairs, int64_t B, const at::Tensor& labels = at::Tensor()) {
+inline void check_pair_values_on_cpu(const at::Tensor& pairs, int64_t B, const at::Tensor& labels = at::Tensor(),
+                                     const char* name = "pairs", const char* labels_name = "labels") {
   const int64_t P = pairs.size(0);
   if (P == 0) return;
   const at::Tensor pc = pairs.contiguous();
   const int64_t* pr = pc.data_ptr<int64_t>();
   for (int64_t r = 0; r < P; ++r)
     EE_CHECK_VALUE(pr[2 * r] >= 0 && pr[2 * r] < B && pr[2 * r + 1] >= 0 && pr[2 * r + 1] < B,
-                   "pairs holds indices outside [0, B=", B, "): row ", r, " is [", pr[2 * r], ", ", pr[2 * r + 1], "]");
+                   name, " holds indices outside [0, B=", B, "): row ", r, " is [", pr[2 * r], ", ", pr[2 * r + 1], "]");
   for (int64_t r = 0; r < P; ++r)
-    EE_CHECK_VALUE(pr[2 * r] != pr[2 * r + 1], "pairs row ", r, " pairs a sample with itself: [", pr[2 * r], ", ",
+    EE_CHECK_VALUE(pr[2 * r] != pr[2 * r + 1], name, " row ", r, " pairs a sample with itself: [", pr[2 * r], ", ",
                    pr[2 * r + 1], "] (need i != j)");
   if (!labels.defined()) return;
   const at::Tensor lc = labels.contiguous();
   const int64_t* lab = lc.data_ptr<int64_t>();
   for (int64_t r = 0; r < P; ++r) {
     const int64_t i = pr[2 * r], j = pr[2 * r + 1];
-    EE_CHECK_VALUE(lab[i] == lab[j], "pairs row ", r, " = (", i, ", ", j, ") is not a positive pair: labels[", i,
-                   "]=", lab[i], " != labels[", j, "]=", lab[j]);
+    EE_CHECK_VALUE(lab[i] == lab[j], name, " row ", r, " = (", i, ", ", j, ") is not a positive pair: ", labels_name,
+                   "[", i, "]=", lab[i], " != ", labels_name, "[", j, "]=", lab[j]);
   }
 }
 
@@ -62,6 +64,26 @@ inline void check_search_inputs(const at::Tensor& X, const at::Tensor& pairs, co
   EE_CHECK_TYPE(labels.scalar_type() == at::kLong, "labels must be an int64 tensor, got ", labels.scalar_type());
   EE_CHECK_SHAPE(labels, X.size(0));
   EE_CHECK_DEVICE(labels, X);
+}
+
+// A search's reference set: ref_X of X's width, dtype and device, ref_pairs into its rows, and (given)
+// ref_labels, one per row.
+inline void check_reference_inputs(const at::Tensor& X, const at::Tensor& ref_X, const at::Tensor& ref_pairs,
+                                   const at::Tensor& ref_labels = at::Tensor()) {
+  check_embeddings(ref_X, "ref_X");
+  EE_CHECK_VALUE(ref_X.size(1) == X.size(1), "ref_X has D=", ref_X.size(1), " columns but X has D=", X.size(1),
+                 "; they must match");
+  EE_CHECK_TYPE(ref_X.scalar_type() == X.scalar_type(), "ref_X is ", ref_X.scalar_type(), " but X is ",
+                X.scalar_type(), "; they must match");
+  EE_CHECK_VALUE(ref_X.device() == X.device(), "ref_X is on ", ref_X.device(), " but X is on ", X.device());
+  check_pairs(ref_pairs, ref_X, "ref_pairs", "ref_X");
+  if (!ref_labels.defined()) return;
+  EE_CHECK_TYPE(ref_labels.scalar_type() == at::kLong, "ref_labels must be an int64 tensor, got ",
+                ref_labels.scalar_type());
+  EE_CHECK_VALUE(ref_labels.dim() == 1 && ref_labels.size(0) == ref_X.size(0), "ref_labels must have shape (",
+                 ref_X.size(0), ",), got ", ref_labels.sizes());
+  EE_CHECK_VALUE(ref_labels.device() == X.device(), "ref_labels is on ", ref_labels.device(), " but X is on ",
+                 X.device());
 }
 
 inline void check_expand_backward_inputs(const at::Tensor& grad, const at::Tensor& X, const at::Tensor& pairs,

@@ -235,22 +235,20 @@ EE_HD void cross_entries(int64_t ai, int64_t aj, int64_t bi, int64_t bj, const D
   emit(aj, bj, r.cross * r.ba * r.bb);
 }
 
-// The same gradient as calls emit(row, col, value) for its 10 entries: the four cross entries (rows in a's
-// pair), then a's own (rows in a's pair), then b's own (rows in b's pair).
-template <typename acc_t, typename Emit>
-EE_HD void distance_grad_terms(const PointRef<acc_t>& a, const PointRef<acc_t>& b, acc_t d, acc_t g, Emit&& emit) {
+// The same gradient as its 10 entries: cross(row, col, value) for the four cross entries (rows in a's pair,
+// columns in b's), then own(side, w, value) for the own entries of a (side 0) and of b (side 1), w = 0, 1, 2
+// for (i, i), (i, j), (j, j) of the point's pair.
+template <typename acc_t, typename Cross, typename Own>
+EE_HD void distance_grad_entries(const PointRef<acc_t>& a, const PointRef<acc_t>& b, acc_t d, acc_t g, Cross&& cross,
+                                 Own&& own) {
   const DistanceGrad<acc_t> r = distance_grad(a.c, b.c, d, g);
   if (!r.any) return;
-  cross_entries(a.i, a.j, b.i, b.j, r, emit);
-  auto own = [&](const PointRef<acc_t>& p, acc_t k) {
-    acc_t ii, ij, jj;
-    own_weights<acc_t>(p.t, p.n, ii, ij, jj);
-    emit(p.i, p.i, k * ii);
-    emit(p.i, p.j, k * ij);
-    emit(p.j, p.j, k * jj);
-  };
-  own(a, r.own_a);
-  own(b, r.own_b);
+  cross_entries(a.i, a.j, b.i, b.j, r, cross);
+  acc_t w[3];
+  own_weights<acc_t>(a.t, a.n, w[0], w[1], w[2]);
+  for (int k = 0; k < 3; ++k) own(0, k, r.own_a * w[k]);
+  own_weights<acc_t>(b.t, b.n, w[0], w[1], w[2]);
+  for (int k = 0; k < 3; ++k) own(1, k, r.own_b * w[k]);
 }
 
 }  // namespace ee

@@ -24,58 +24,18 @@
 #include "../common/search_tiles.h"
 #include "coef_table_cpu.h"
 #include "gradient_points_cpu.h"
+#include "pair_components_cpu.h"
 #include "pair_terms_cpu.h"
+#include "route_cpu.h"
 #include "row_sums_cpu.h"
 #include "search_rows_cpu.h"
 #include "symmetric_cpu.h"
+#include "tiles_cpu.h"
 
 namespace ee {
 namespace {
 
 using at::Tensor;
-
-Tensor pair_labels(const Tensor& labels, const Tensor& pairs) {
-  return labels.index_select(0, pairs.select(1, 0)).contiguous();
-}
-
-template <typename acc_t>
-SearchArgs<acc_t> search_args(const Tensor& gram, const Tensor& coef, const Tensor& pairs, const Tensor& plabel,
-                              int64_t T) {
-  return SearchArgs<acc_t>{gram.data_ptr<acc_t>(), gram.size(0), coef_ptr<acc_t>(coef), pairs.data_ptr<int64_t>(),
-                           plabel.data_ptr<int64_t>(), pairs.size(0), T};
-}
-
-template <typename acc_t>
-void run_pair_tiles(const SearchArgs<acc_t>& args, acc_t* dist, int64_t* index) {
-  at::parallel_for(0, triangle_tiles(args.P), 1, [&](int64_t begin, int64_t end) {
-    std::vector<SharedWord> shared((pair_tile_bytes<acc_t>(args.T) + 15) / 16);  // the block's shared memory
-    for (int64_t tile = begin; tile < end; ++tile) {
-      int64_t bp, bq;
-      triangle_tile(tile, bp, bq);
-      pair_tile_load(args, shared.data(), bp, bq, 0, 1);
-      for (int tp = 0; tp < kPairTile; ++tp)
-        for (int tq = 0; tq < kPairTile; ++tq) pair_tile_compute(args, shared.data(), bp, bq, tp, tq, dist, index);
-    }
-  });
-}
-
-template <typename acc_t>
-void run_point_tiles(const SearchArgs<acc_t>& args, acc_t* dist, int64_t* index) {
-  const int64_t blocks = (args.P * args.T + kPointBlock - 1) / kPointBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<SharedWord> shared((point_tile_bytes<acc_t>(args.T) + 15) / 16);
-    std::vector<Best<acc_t>> best(kPointBlock);  // the block's registers
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t o0 = block * kPointBlock;
-      for (auto& b : best) b = no_best<acc_t>();
-      for (int64_t q0 = 0; q0 < args.P; q0 += kPointTileQ) {
-        point_tile_load(args, shared.data(), q0, 0, 1);
-        for (int th = 0; th < kPointBlock; ++th) point_tile_compute(args, shared.data(), q0, o0 + th, best[th]);
-      }
-      for (int th = 0; th < kPointBlock; ++th) point_write(args, o0 + th, best[th], dist, index);
-    }
-  });
-}
 
 // G = X X^T. G is symmetric, so for large B only the block rows on and right of the diagonal are multiplied,
 // one BLAS call per panel of 64 rows (G[i0:i0+64, i0:] = X[i0:i0+64] X[i0:]^T, written into G's storage:
@@ -131,19 +91,19 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
   const bool finite = at::isfinite(gram.diagonal()).all().item<bool>();
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_cpu", [&] {
     using acc_t = scalar_t;
-    const bool tiles = emulate_gpu || !finite || !row_keys_fit<acc_t>(P, T, points);
+    const bool tiles = emulate_gpu || cpu_tiles_forced() || !finite || !row_keys_fit<acc_t>(P, T, points);
     const bool upper_only = !tiles && !points && pairs_ascending(pairs.data_ptr<int64_t>(), P);
     if (lower_missing && !upper_only) mirror_upper(gram.data_ptr<acc_t>(), X.size(0));
     acc_t* d = dist.data_ptr<acc_t>();
     int64_t* idx = index.data_ptr<int64_t>();
     if (tiles) {
-      const Tensor coef = coef_table_cpu<acc_t>(X, pairs, n, normalize), plabel = pair_labels(labels, pairs);
-      const SearchArgs<acc_t> args = search_args<acc_t>(gram, coef, pairs, plabel, T);
+      const TileSet<acc_t> set(X, pairs, labels, n, normalize);
+      const SearchArgs<acc_t> args{gram.data_ptr<acc_t>(), set.view(), set.view(), T, true};
       points ? run_point_tiles(args, d, idx) : run_pair_tiles(args, d, idx);
     } else {
       const PairBlocks<acc_t> pb(X, pairs, labels.contiguous(), n, normalize);
       const acc_t* g = gram.data_ptr<acc_t>();
-      points ? point_rows_cpu(pb, g, X.size(0), d, idx) : pair_rows_cpu(pb, g, X.size(0), upper_only, d, idx);
+      points ? point_rows_cpu(pb, pb, g, X.size(0), d, idx) : pair_rows_cpu(pb, pb, g, X.size(0), upper_only, d, idx);
     }
   });
   return {dist, index};
@@ -215,44 +175,6 @@ struct BackwardArrays {
     return table;
   }
 };
-
-// The connected components of the graph whose nodes are the rows of X and whose edges are the pairs: the
-// rows of different components are disjoint, so one task per component owns its rows (for "adjacent"
-// pairs a component is one pair, for "all" pairs one class).
-struct PairComponents {
-  std::vector<int64_t> of_row;         // component of each row, -1 for rows in no pair
-  std::vector<int64_t> offsets, pair;  // the pairs of component c: pair[offsets[c] .. offsets[c+1])
-};
-
-PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B) {
-  std::vector<int64_t> parent(B);
-  for (int64_t a = 0; a < B; ++a) parent[a] = a;
-  auto root = [&](int64_t a) {
-    while (parent[a] != a) a = parent[a] = parent[parent[a]];
-    return a;
-  };
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t i = root(pairs[2 * p]), j = root(pairs[2 * p + 1]);
-    if (i != j) parent[std::max(i, j)] = std::min(i, j);
-  }
-  PairComponents pc;
-  pc.of_row.assign(B, -1);
-  std::vector<int64_t> id(B, -1);
-  int64_t count = 0;
-  for (int64_t p = 0; p < P; ++p)
-    for (int e = 0; e < 2; ++e) {
-      const int64_t a = pairs[2 * p + e], r = root(a);
-      if (id[r] < 0) id[r] = count++;
-      pc.of_row[a] = id[r];
-    }
-  pc.offsets.assign(count + 1, 0);
-  for (int64_t p = 0; p < P; ++p) ++pc.offsets[pc.of_row[pairs[2 * p]] + 1];
-  for (int64_t c = 0; c < count; ++c) pc.offsets[c + 1] += pc.offsets[c];
-  pc.pair.resize(P);
-  std::vector<int64_t> fill(pc.offsets.begin(), pc.offsets.end() - 1);
-  for (int64_t p = 0; p < P; ++p) pc.pair[fill[pc.of_row[pairs[2 * p]]]++] = p;
-  return pc;
-}
 
 // The own entries of a pair (k, l), given per point the sum of its own entries' factors (own[r], r < T): the
 // sums over r of factor times the point's weights, at (k, k), (k, l) and (l, l) of dG.
@@ -551,18 +473,19 @@ Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, cons
   Tensor dG = at::zeros({B, B}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "scatter_backward_emulated_cpu", [&] {
     using acc_t = scalar_t;
-    const BackwardArrays<acc_t> arr(in, n, normalize);
-    const Tensor coef_table = coef_table_cpu<acc_t>(X, in.pairs, n, normalize);  // the tiles' PointCoef table
-    const PointCoef<acc_t>* c = coef_ptr<acc_t>(coef_table);
-    const int64_t *pr = arr.pairs, *idx = arr.index;
-    const acc_t *g = arr.grad, *d = arr.dist;
+    const TileSet<acc_t> set(X, in.pairs, at::Tensor(), n, normalize);  // the tiles' PointCoef table
+    const SearchArgs<acc_t> args{nullptr, set.view(), set.view(), T, true};
+    const int64_t* idx = in.index.data_ptr<int64_t>();
+    const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>();
     acc_t* out = dG.data_ptr<acc_t>();
     auto add = [&](int64_t r, int64_t col, acc_t v) { out[r * B + col] += v; };
+    const WithinEntries<acc_t, decltype(add)> entries{set.view(), add};
     if (points) {
-      for (int64_t o = 0; o < P * T; ++o) point_output_terms(c, pr, B, P, T, normalize, o, d[o], g[o], idx, add);
+      for (int64_t o = 0; o < P * T; ++o) point_output_entries(args, normalize, o, d[o], g[o], idx, entries, entries);
     } else {
       for (int64_t p = 0; p < P; ++p)
-        for (int64_t q = 0; q < P; ++q) pair_output_terms(c, pr, B, P, T, normalize, p, q, d[p * P + q], g[p * P + q], idx, add);
+        for (int64_t q = 0; q < P; ++q)
+          pair_output_entries(args, normalize, p, q, d[p * P + q], g[p * P + q], idx, entries, entries);
     }
   });
   return at::mm(dG + dG.t(), X).to(X_.scalar_type());

@@ -83,18 +83,19 @@ struct PairBlocks {
 template <typename acc_t>
 struct RowArgs {
   const acc_t* gram;
-  int64_t B, i, j;  // p's pair (i, j): Gram rows gram + i*B, gram + j*B
+  int64_t ld, i, j;  // p's pair (i, j): Gram rows gram + i*ld, gram + j*ld
   int64_t label;
   const PointCoef<acc_t>* coef;  // coef[t], t < T
   bool upper_only;
 };
 
-// Row p's RowArgs, its coefficients copied out of the blocks into `coef` (T entries, the task's).
+// Row p's RowArgs, its coefficients copied out of the query pairs' blocks into `coef` (T entries, the
+// task's). `ld`: the Gram's row stride (the reference's rows).
 template <typename acc_t>
-RowArgs<acc_t> row_args(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, int64_t p, bool upper_only,
+RowArgs<acc_t> row_args(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t ld, int64_t p, bool upper_only,
                         PointCoef<acc_t>* coef) {
   for (int64_t t = 0; t < pb.T; ++t) coef[t] = pb.point(p, t);
-  return RowArgs<acc_t>{gram, B, pb.k[p], pb.l[p], pb.label[p], coef, upper_only};
+  return RowArgs<acc_t>{gram, ld, pb.k[p], pb.l[p], pb.label[p], coef, upper_only};
 }
 
 // The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: 2 <a(q,r), x_i>
@@ -109,9 +110,9 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   constexpr int W = L::kWidth;
   V g_ik{}, g_il{}, g_jk{}, g_jl{};
   K same{};
-  const acc_t *gi = row.gram + row.i * row.B, *gj = row.gram + row.j * row.B;
+  const acc_t *gi = row.gram + row.i * row.ld, *gj = row.gram + row.j * row.ld;
   auto entry = [&row](const acc_t* g_row, int64_t a, int64_t c) {
-    if constexpr (kUpperOnly) return c < a ? row.gram[c * row.B + a] : g_row[c];
+    if constexpr (kUpperOnly) return c < a ? row.gram[c * row.ld + a] : g_row[c];
     return g_row[c];
   };
   // The adjacent layout's fast read needs a full block and, reading the upper triangle, columns 2bW.. right
@@ -375,25 +376,28 @@ EE_VECTOR_CLONES inline void pair_block(const PairBlocks<double>& pb, const RowA
   pair_block_impl(pb, row, b, buf, keys, out);
 }
 
-// Whether the row path's keys fit its lanes' integers (int32 for float): q*T + r for points, T*T for pairs.
+// Whether the row path's keys fit its lanes' integers (int32 for float): q*T + r for points (Q reference
+// pairs), T*T for pairs.
 template <typename acc_t>
-bool row_keys_fit(int64_t P, int64_t T, bool points) {
-  const int64_t bound = points ? (P + Lanes<acc_t>::kWidth) * T : T * T;
+bool row_keys_fit(int64_t Q, int64_t T, bool points) {
+  const int64_t bound = points ? (Q + Lanes<acc_t>::kWidth) * T : T * T;
   return bound < int64_t(std::numeric_limits<typename Lanes<acc_t>::key_t>::max());
 }
 
-// hard_negative_points: dist[p, t] and its first minimizer c = q*T + r, one task per row p. gram: (B, B).
+// hard_negative_points: dist[p, t] and its first minimizer c = q*T + r over the reference's pairs q, one task
+// per query row p. gram: (rows of the queries' X, ld), ld the rows of the reference's.
 template <typename acc_t>
-void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, acc_t* dist, int64_t* index) {
+void point_rows_cpu(const PairBlocks<acc_t>& query, const PairBlocks<acc_t>& ref, const acc_t* gram, int64_t ld,
+                    acc_t* dist, int64_t* index) {
   using key_t = typename Lanes<acc_t>::key_t;
   constexpr int W = Lanes<acc_t>::kWidth;
-  const int64_t T = pb.T;
-  at::parallel_for(0, pb.P, 1, [&](int64_t begin, int64_t end) {
+  const int64_t T = ref.T;
+  at::parallel_for(0, query.P, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(kChunkBlocks * 3 * T * W), state_m(T * W);
     std::vector<key_t> state_k(T * W);
     std::vector<PointCoef<acc_t>> coef(T);
     for (int64_t p = begin; p < end; ++p) {
-      point_row(pb, row_args(pb, gram, B, p, false, coef.data()), buf.data(), state_m.data(), state_k.data());
+      point_row(ref, row_args(query, gram, ld, p, false, coef.data()), buf.data(), state_m.data(), state_k.data());
       for (int64_t t = 0; t < T; ++t) {  // the lanes' (min, smallest key)
         acc_t m = acc_t(INFINITY);
         int64_t c = -1;
@@ -414,34 +418,37 @@ void point_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, a
   });
 }
 
-// hard_negative_pairs. The task of row p scans the unordered pairs (p, q), q >= p, once (from p's block on;
-// lanes q < p are computed and dropped) and writes both outputs (p, q) and (q, p). Rows go to tasks in
-// pairs (k, P-1-k), so that each gets as much of the triangle. `upper_only`: see RowArgs.
+// hard_negative_pairs. Within a batch (`query` and `ref` the same blocks) the task of row p scans the
+// unordered pairs (p, q), q >= p, once (from p's block on; lanes q < p are computed and dropped) and writes both
+// outputs (p, q) and (q, p); rows go to tasks in pairs (k, P-1-k), so that each gets as much of the triangle.
+// Against a reference set row p scans every reference pair and writes its own row. `upper_only`: see RowArgs.
 template <typename acc_t>
-void pair_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, bool upper_only, acc_t* dist,
-                   int64_t* index) {
+void pair_rows_cpu(const PairBlocks<acc_t>& query, const PairBlocks<acc_t>& ref, const acc_t* gram, int64_t ld,
+                   bool upper_only, acc_t* dist, int64_t* index) {
   constexpr int W = Lanes<acc_t>::kWidth;
-  const int64_t T = pb.T, P = pb.P;
+  const int64_t T = ref.T, P = query.P, Q = ref.P;
+  const bool within = &query == &ref;
   const KeySplit keys(T);
-  at::parallel_for(0, (P + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, within ? (P + 1) / 2 : P, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(3 * T * W);
     std::vector<PointCoef<acc_t>> coef(T);
     BlockResult<acc_t> res;
     acc_t d[W];
     auto row = [&](int64_t p) {
-      const RowArgs<acc_t> ra = row_args(pb, gram, B, p, upper_only, coef.data());
-      for (int64_t b = p / W; b < pb.blocks; ++b) {
-        pair_block(pb, ra, b, buf.data(), keys, res);
-        const int64_t q0 = b * W, e0 = std::max<int64_t>(0, p - q0), e1 = std::min<int64_t>(W, P - q0);
-        // Row p (contiguous; the compiler vectorizes it), then column p.
+      const RowArgs<acc_t> ra = row_args(query, gram, ld, p, upper_only, coef.data());
+      for (int64_t b = within ? p / W : 0; b < ref.blocks; ++b) {
+        pair_block(ref, ra, b, buf.data(), keys, res);
+        const int64_t q0 = b * W, e0 = within ? std::max<int64_t>(0, p - q0) : 0, e1 = std::min<int64_t>(W, Q - q0);
+        // Row p (contiguous; the compiler vectorizes it), then within a batch column p.
         for (int e = 0; e < W; ++e) d[e] = acc_t(res.t[e] >= 0 ? std::sqrt(res.m[e]) : acc_t(INFINITY));
-        acc_t* d_row = dist + p * P + q0;
-        int64_t* i_row = index + 2 * (p * P + q0);
+        acc_t* d_row = dist + p * Q + q0;
+        int64_t* i_row = index + 2 * (p * Q + q0);
         for (int64_t e = e0; e < e1; ++e) {
           d_row[e] = d[e];
           i_row[2 * e] = res.t[e];
           i_row[2 * e + 1] = res.r[e];
         }
+        if (!within) continue;
         for (int64_t e = e0; e < e1; ++e) {
           const int64_t qp = (q0 + e) * P + p;
           dist[qp] = d[e];
@@ -452,7 +459,7 @@ void pair_rows_cpu(const PairBlocks<acc_t>& pb, const acc_t* gram, int64_t B, bo
     };
     for (int64_t k = begin; k < end; ++k) {
       row(k);
-      if (P - 1 - k != k) row(P - 1 - k);
+      if (within && P - 1 - k != k) row(P - 1 - k);
     }
   });
 }

@@ -1,0 +1,157 @@
+// CPU kernels of hard_negative_pairs / hard_negative_points against a reference set (docs/design.md §3-§5).
+//
+// Forward: one cross-Gram X ref_X^T (BLAS), then the row path of search_rows_cpu.h with the query pairs as rows
+// and the reference's pairs as candidates (finite input), or the tiles of search_tiles.h over the rectangular
+// (p, q) grid, as the CUDA kernels run them.
+// Backward: every output's entries (search_tiles.h) go into a dense cross dG (B x R), whose rows belong to the
+// task of their query pair's component, and per pair into its own entries; then dX = dG ref_X and
+// dref_X = dG^T X, the two products of the cross-Gram's own backward, plus the own entries in D-space.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/search_tiles.h"
+#include "pair_components_cpu.h"
+#include "route_cpu.h"
+#include "row_sums_cpu.h"
+#include "search_rows_cpu.h"
+#include "tiles_cpu.h"
+
+namespace ee {
+namespace {
+
+using at::Tensor;
+
+// Whether every row of A has a finite squared norm (so that, by Cauchy-Schwarz, every Gram entry between two
+// such sets is finite too): the row path's condition. A batched dot product: no (rows, D) temporary.
+bool finite_rows(const Tensor& A) {
+  return at::isfinite(at::bmm(A.unsqueeze(1), A.unsqueeze(2))).all().item<bool>();
+}
+
+template <bool kPoints>
+std::tuple<Tensor, Tensor> search_reference_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels_,
+                                                 const Tensor& ref_X_, const Tensor& ref_pairs_,
+                                                 const Tensor& ref_labels_, int64_t n, bool normalize) {
+  check_search_inputs(X_, pairs_, labels_, n);
+  check_reference_inputs(X_, ref_X_, ref_pairs_, ref_labels_);
+  const Tensor pairs = pairs_.contiguous(), labels = labels_.contiguous();
+  const Tensor ref_pairs = ref_pairs_.contiguous(), ref_labels = ref_labels_.contiguous();
+  check_pair_values_on_cpu(pairs, X_.size(0), labels);
+  check_pair_values_on_cpu(ref_pairs, ref_X_.size(0), ref_labels, "ref_pairs", "ref_labels");
+  const int64_t P = pairs.size(0), Q = ref_pairs.size(0), T = n + 2;
+  Tensor dist = at::empty({P, kPoints ? T : Q}, X_.options().dtype(acc_type_of(X_)));
+  Tensor index = at::empty({P, kPoints ? T : Q, 2}, pairs.options());
+  if (P == 0 || Q == 0) return {dist.fill_(INFINITY), index.fill_(-1)};
+  const Tensor X = X_.to(acc_type_of(X_)).contiguous(), Y = ref_X_.to(acc_type_of(X_)).contiguous();
+  const Tensor gram = at::mm(X, Y.t());
+  const bool finite = finite_rows(X) && finite_rows(Y);
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_cpu", [&] {
+    using acc_t = scalar_t;
+    acc_t* d = dist.data_ptr<acc_t>();
+    int64_t* idx = index.data_ptr<int64_t>();
+    const acc_t* g = gram.data_ptr<acc_t>();
+    if (cpu_tiles_forced() || !finite || !row_keys_fit<acc_t>(Q, T, kPoints)) {
+      const TileSet<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
+      const SearchArgs<acc_t> args{g, query.view(), ref.view(), T, false};
+      kPoints ? run_point_tiles(args, d, idx) : run_pair_tiles(args, d, idx);
+    } else {
+      const PairBlocks<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
+      kPoints ? point_rows_cpu(query, ref, g, Y.size(0), d, idx) : pair_rows_cpu(query, ref, g, Y.size(0), false, d, idx);
+    }
+  });
+  return {dist, index};
+}
+
+// dY += S Y for the own entries own (count, 3) of `pairs` (own_rows()); a pair's rows belong to its component.
+template <typename acc_t>
+void add_own_entries(Tensor& dY, const Tensor& Y, const Tensor& pairs, const std::vector<acc_t>& own) {
+  const int64_t D = Y.size(1);
+  const int64_t* pr = pairs.data_ptr<int64_t>();
+  const acc_t* y = Y.data_ptr<acc_t>();
+  acc_t* out = dY.data_ptr<acc_t>();
+  const PairComponents pc = pair_components(pr, pairs.size(0), Y.size(0));
+  at::parallel_for(0, int64_t(pc.offsets.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
+      const int64_t p = pc.pair[c], rows[2] = {pr[2 * p], pr[2 * p + 1]};
+      acc_t to_k[2], to_l[2];
+      own_rows(own.data() + 3 * p, to_k, to_l);
+      add_weighted_rows(y, D, rows, to_k, 2, out + rows[0] * D);
+      add_weighted_rows(y, D, rows, to_l, 2, out + rows[1] * D);
+    }
+  });
+}
+
+template <bool kPoints>
+std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
+                                                         const Tensor& ref_X_, const Tensor& ref_pairs_,
+                                                         const Tensor& dist_, const Tensor& index_, int64_t n,
+                                                         bool normalize) {
+  const int64_t P = pairs_.size(0), Q = ref_pairs_.size(0), T = n + 2, B = X_.size(0), R = ref_X_.size(0);
+  const std::vector<int64_t> out_shape{P, kPoints ? T : Q};
+  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, out_shape);
+  check_reference_inputs(X_, ref_X_, ref_pairs_);
+  const Tensor pairs = pairs_.contiguous(), ref_pairs = ref_pairs_.contiguous();
+  check_pair_values_on_cpu(pairs, B);
+  check_pair_values_on_cpu(ref_pairs, R, at::Tensor(), "ref_pairs");
+  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), at::zeros_like(ref_X_)};
+  const at::ScalarType acc = acc_type_of(X_);
+  const Tensor X = X_.to(acc).contiguous(), Y = ref_X_.to(acc).contiguous();
+  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
+  Tensor dG = at::zeros({B, R}, X.options()), dX, dY;
+  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_search_reference_backward_cpu", [&] {
+    using acc_t = scalar_t;
+    const TileSet<acc_t> query(X, pairs, at::Tensor(), n, normalize), ref(Y, ref_pairs, at::Tensor(), n, normalize);
+    const SearchArgs<acc_t> args{nullptr, query.view(), ref.view(), T, false};
+    const int64_t* idx = index.data_ptr<int64_t>();
+    const acc_t *g = grad.data_ptr<acc_t>(), *d = dist.data_ptr<acc_t>();
+    acc_t* dg = dG.data_ptr<acc_t>();
+    std::vector<acc_t> own(3 * P, acc_t(0)), ref_own(3 * Q, acc_t(0));
+    const PairComponents pc = pair_components(pairs.data_ptr<int64_t>(), P, B);
+    // Per task: the reference pairs' own entries, added in task order after the parallel region, so that the
+    // gradient does not depend on which task finished first.
+    std::map<int64_t, std::vector<acc_t>> ref_own_of_task;
+    std::mutex ref_own_mutex;
+    at::parallel_for(0, int64_t(pc.offsets.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> task_ref_own(3 * Q, acc_t(0));
+      auto cross = [&](int64_t row, int64_t col, acc_t v) { dg[row * R + col] += v; };
+      auto own_entry = [&](int side, int64_t pair, int w, acc_t v) {
+        (side == 0 ? own.data() : task_ref_own.data())[3 * pair + w] += v;
+      };
+      for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
+        const int64_t p = pc.pair[c];
+        if constexpr (kPoints) {
+          for (int64_t o = p * T; o < (p + 1) * T; ++o)
+            point_output_entries(args, normalize, o, d[o], g[o], idx, cross, own_entry);
+        } else {
+          for (int64_t q = 0; q < Q; ++q)
+            pair_output_entries(args, normalize, p, q, d[p * Q + q], g[p * Q + q], idx, cross, own_entry);
+        }
+      }
+      std::lock_guard<std::mutex> lock(ref_own_mutex);
+      ref_own_of_task.emplace(begin, std::move(task_ref_own));
+    });
+    for (const auto& [begin, task_ref_own] : ref_own_of_task)
+      for (int64_t e = 0; e < 3 * Q; ++e) ref_own[e] += task_ref_own[e];
+    dX = at::mm(dG, Y);
+    dY = at::mm(dG.t(), X);
+    add_own_entries(dX, X, pairs, own);
+    add_own_entries(dY, Y, ref_pairs, ref_own);
+  });
+  return {dX.to(X_.scalar_type()), dY.to(X_.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
+  m.impl("hard_negative_pairs_ref", &search_reference_cpu<false>);
+  m.impl("hard_negative_points_ref", &search_reference_cpu<true>);
+  m.impl("hard_negative_pairs_ref_backward", &search_reference_backward_cpu<false>);
+  m.impl("hard_negative_points_ref_backward", &search_reference_backward_cpu<true>);
+}
+
+}  // namespace ee
