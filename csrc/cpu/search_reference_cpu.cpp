@@ -1,8 +1,8 @@
 // CPU kernels of hard_negative_pairs / hard_negative_points against a reference set (docs/design.md §3-§5).
 //
 // Forward: one cross-Gram X ref_X^T (BLAS), then the row path of search_rows_cpu.h with the query pairs as rows
-// and the reference's pairs as candidates (finite input), or the tiles of search_tiles.h over the rectangular
-// (p, q) grid, as the CUDA kernels run them.
+// and the reference's pairs as candidates (every endpoint of finite norm), or the tiles of search_tiles.h over
+// the rectangular (p, q) grid, as the CUDA kernels run them.
 // Backward: every output's entries (search_tiles.h) go into a dense cross dG (B x R), whose rows belong to the
 // task of their query pair's component, and per pair into its own entries; then dX = dG ref_X and
 // dref_X = dG^T X, the two products of the cross-Gram's own backward, plus the own entries in D-space.
@@ -27,12 +27,6 @@ namespace {
 
 using at::Tensor;
 
-// Whether every row of A has a finite squared norm (so that, by Cauchy-Schwarz, every Gram entry between two
-// such sets is finite too): the row path's condition. A batched dot product: no (rows, D) temporary.
-bool finite_rows(const Tensor& A) {
-  return at::isfinite(at::bmm(A.unsqueeze(1), A.unsqueeze(2))).all().item<bool>();
-}
-
 template <bool kPoints>
 std::tuple<Tensor, Tensor> search_reference_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels_,
                                                  const Tensor& ref_X_, const Tensor& ref_pairs_,
@@ -49,20 +43,22 @@ std::tuple<Tensor, Tensor> search_reference_cpu(const Tensor& X_, const Tensor& 
   if (P == 0 || Q == 0) return {dist.fill_(INFINITY), index.fill_(-1)};
   const Tensor X = X_.to(acc_type_of(X_)).contiguous(), Y = ref_X_.to(acc_type_of(X_)).contiguous();
   const Tensor gram = at::mm(X, Y.t());
-  const bool finite = finite_rows(X) && finite_rows(Y);
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_cpu", [&] {
     using acc_t = scalar_t;
     acc_t* d = dist.data_ptr<acc_t>();
     int64_t* idx = index.data_ptr<int64_t>();
     const acc_t* g = gram.data_ptr<acc_t>();
-    if (cpu_tiles_forced() || !finite || !row_keys_fit<acc_t>(Q, T, kPoints)) {
-      const TileSet<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
-      const SearchArgs<acc_t> args{g, query.view(), ref.view(), T, false};
-      kPoints ? run_point_tiles(args, d, idx) : run_pair_tiles(args, d, idx);
-    } else {
+    if (!cpu_tiles_forced() && row_keys_fit<acc_t>(Q, T, kPoints)) {
       const PairBlocks<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
-      kPoints ? point_rows_cpu(query, ref, g, Y.size(0), d, idx) : pair_rows_cpu(query, ref, g, Y.size(0), false, d, idx);
+      if (query.endpoints_finite() && ref.endpoints_finite()) {
+        kPoints ? point_rows_cpu(query, ref, g, Y.size(0), d, idx)
+                : pair_rows_cpu(query, ref, g, Y.size(0), false, d, idx);
+        return;
+      }
     }
+    const TileSet<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
+    const SearchArgs<acc_t> args{g, query.view(), ref.view(), T, false};
+    kPoints ? run_point_tiles(args, d, idx) : run_pair_tiles(args, d, idx);
   });
   return {dist, index};
 }

@@ -70,6 +70,14 @@ struct PairBlocks {
   // Where point r of pair q sits in each coefficient array: block q / V, row r, lane q % V.
   int64_t cell(int64_t q, int64_t r) const { return ((q / V) * T + r) * V + q % V; }
 
+  // Whether every endpoint has a finite squared norm: then, by Cauchy-Schwarz, so do the synthetic points and
+  // every Gram entry the search reads, the row path's condition.
+  bool endpoints_finite() const {
+    for (int64_t q = 0; q < P; ++q)
+      if (!std::isfinite(sqnorm[cell(q, 0)]) || !std::isfinite(sqnorm[cell(q, T - 1)])) return false;
+    return true;
+  }
+
   // Point r of pair q, as the search reads it (alpha, beta, sqnorm; not unorm, which it does not use).
   PointCoef<acc_t> point(int64_t q, int64_t r) const {
     const int64_t at = cell(q, r);
