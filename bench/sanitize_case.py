@@ -1,4 +1,5 @@
-"""A small CUDA case for compute-sanitizer: every fused op and loss, forward and backward, on CUDA.
+"""A small CUDA case for compute-sanitizer: every fused op and loss, forward and backward, on CUDA (the
+searches also against a reference set, and a memory bank's loss).
 
     compute-sanitizer --tool memcheck python bench/sanitize_case.py
     compute-sanitizer --tool racecheck python bench/sanitize_case.py
@@ -52,6 +53,23 @@ def ops_with_backward(X0, labels, layouts, ns, normalizes=(True, False)):
     return calls
 
 
+def reference_ops_with_backward(X0, labels, Y0, ref_labels, layouts, ns, normalizes=(True, False)):
+    """Both searches of (X0, labels) against the reference set (Y0, ref_labels), forward and backward (to
+    both sets), for each layout of the reference, n and normalize; the call count."""
+    calls = 0
+    pairs = ee_cuda.positive_pairs(labels, "adjacent")
+    for layout in layouts:
+        ref_pairs = ee_cuda.positive_pairs(ref_labels, layout)
+        for n in ns:
+            for normalize in normalizes:
+                X, Y = X0.clone().requires_grad_(True), Y0.clone().requires_grad_(True)
+                kw = dict(ref_X=Y, ref_pairs=ref_pairs, ref_labels=ref_labels, backend="fused")
+                backward_finite(ee_cuda.hard_negative_pairs(X, pairs, labels, n, normalize, **kw))
+                backward_finite(ee_cuda.hard_negative_points(X, pairs, labels, n, normalize, **kw))
+                calls += 2
+    return calls
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check this script without a GPU)")
@@ -73,6 +91,19 @@ def main(argv=None):
         X = X0.clone().requires_grad_(True)
         aug, _ = ee_cuda.embedding_aug(X, labels, 4, 2, backend="fused")
         aug.float().sum().backward()
+    # against a reference set (a memory bank): 26 rows in both layouts (partial tiles), then 70 reference pairs
+    # (several tiles of the rectangular pair grid, several shared-memory rounds of the points kernel)
+    ref_labels = torch.arange(3, 16).repeat_interleave(2).to(dev)   # R = 26, labels overlap the batch's
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        calls += reference_ops_with_backward(rows(20, dtype=dtype), labels, rows(26, dtype=dtype), ref_labels,
+                                             ("adjacent", "all"), (0, 1, 3))
+    memory_labels = torch.arange(70).repeat_interleave(2).to(dev)
+    calls += reference_ops_with_backward(rows(20), labels, rows(140), memory_labels, ("adjacent",), (2,), (True,))
+    memory = losses.CrossBatchMemory(losses.HPHNTripletLoss(n_inner_pts=2), 37, 64).to(dev)
+    for _ in range(5):                                               # wraps around a memory of 64 rows
+        X = rows(20).requires_grad_(True)
+        memory(X, labels).backward()
+        calls += 1
     # more pairs than a tile holds: 48 adjacent pairs, 72 "all" pairs (each tile's shared memory reused)
     many = torch.arange(24).repeat_interleave(4).to(dev)
     calls += ops_with_backward(rows(96), many, ("adjacent", "all"), (2,), (True,))
