@@ -26,7 +26,7 @@ def tiny_run(tmp_path_factory):
 
 
 NAMES = ["exp1_losses", "exp2_synthetic_labels", "exp3_l2_norm", "exp4_n_sweep", "exp5_selection_ratio",
-         "exp6_hard_negative_heatmap", "exp7_occlusion", "exp8_cost"]
+         "exp6_hard_negative_heatmap", "exp7_occlusion", "exp8_cost", "exp9_memory_bank"]
 
 
 def test_tiny_run_writes_everything(tiny_run):
@@ -41,7 +41,7 @@ def test_tiny_run_writes_everything(tiny_run):
     report = open(path).read()
     for name in NAMES:
         assert f"({name}.png)" in report
-    for section in range(1, 9):
+    for section in range(1, 10):
         assert re.search(rf"^## {section}\. ", report, re.M), section
     info = json.load(open(out / "run_info.json"))
     cfg = experiments.ReproConfig.tiny()
@@ -117,6 +117,60 @@ def test_experiments_read_their_own_checkpoints(tiny_run):
                for c in json.load(open(out / f"{name}.json"))["comparisons"])
 
 
+def test_memory_bank_experiment(tiny_run):
+    """Experiment 9 of the tiny run: paired memory runs, its tables as the JSON says, experiment 1's in-batch
+    comparison beside it."""
+    out, path = tiny_run
+    text = open(path).read()
+    cfg = experiments.ReproConfig.tiny()
+    e9 = json.load(open(out / "exp9_memory_bank.json"))
+    e1 = json.load(open(out / "exp1_losses.json"))
+    assert e9["checkpoints"] == list(cfg.checkpoints) and e9["seeds"] == list(range(cfg.main_seeds))
+    assert e9["memory_size"] == cfg.memory_size and e9["memory_weight"] == 1
+    assert all(c["same_batches"] for c in e9["curves"]) and e9["final"]["same_batches"]
+    # the memory runs share their seeds' weights and batches with experiment 1's runs
+    ctx = experiments.Context(cfg, str(out), progress=False)
+    for s in e9["seeds"]:
+        r = ctx.run(cfg.run_config(cfg.main_loss, 0, s), cfg.checkpoints)
+        assert r["init_digest"] == e9["per_seed"]["init_digests"][s]
+        assert train.at_checkpoint(r, cfg.checkpoints[-1])["batch_digest"] == e9["per_seed"]["batch_digests"][s]
+    assert not ctx.trained
+    assert {e9["final"]["p_holm"], e9["best"]["p_holm"]} <= set(stats.holm([e9["final"]["p"], e9["best"]["p"]]))
+    section = text.split("## 9. ")[1]
+    for c in e9["curves"]:
+        r = next(x for x in e1["curves"] if x["loss"] == cfg.main_loss and x["iteration"] == c["iteration"])
+        row = (f"| {c['iteration']} | {c['k']} | {100 * c['a_mean']:.1f} | {100 * c['b_mean']:.1f} | "
+               f"{100 * c['mean']:+.1f} ± {100 * c['se']:.1f} ")
+        assert row in section, row
+        assert f"| {100 * r['a_mean']:.1f} / {100 * r['b_mean']:.1f} | {100 * r['mean']:+.1f} ± " in section
+    assert "(exp9_memory_bank.png)" in section and "**With a memory bank**" in text.split("## Setup")[0]
+
+
+def test_experiments_added_to_an_out_folder(tiny_run, tmp_path):
+    """``--experiments 9`` into a folder with results adds to them: run_info keeps the earlier invocation
+    (with the experiments it still holds), the report keeps every section; another configuration is
+    refused before training."""
+    out, _ = tiny_run
+    for name in os.listdir(out):
+        if name.endswith((".json", ".png")):
+            (tmp_path / name).write_bytes((out / name).read_bytes())
+    os.remove(tmp_path / "exp9_memory_bank.json")
+    args = ["--tiny", "--out", str(tmp_path), "--work-dir", str(out / "_work"), "--no-progress", "--jobs", "1"]
+    cli.main(args + ["--experiments", "9"])
+    info = json.load(open(tmp_path / "run_info.json"))
+    assert info["experiments"] == list(range(1, 10)) and info["invocations"][1]["runs_trained"] == 0
+    assert info["runs"] == len(experiments.merge_requests(experiments.ReproConfig.tiny().requests()))
+    assert [r["experiments"] for r in info["invocations"]] == [list(range(1, 9)), [9]]
+    assert info["invocations"][0]["command"] == json.load(open(out / "run_info.json"))["command"]
+    text = (tmp_path / "report.md").read_text()
+    for section in range(1, 10):
+        assert re.search(rf"^## {section}\. ", text, re.M), section
+    assert text.count("- Command: ") == 2 and "(experiment 9)" in text
+    assert (tmp_path / "exp9_memory_bank.json").read_text() == (out / "exp9_memory_bank.json").read_text()
+    with pytest.raises(SystemExit, match="main_seeds"):
+        cli.main(args + ["--experiments", "9", "--seeds", "2"])
+
+
 def test_smoke_set_report_has_no_verdicts(tiny_run, tmp_path):
     out, _ = tiny_run
     copy_json(out, tmp_path)
@@ -177,6 +231,28 @@ def test_pairing_same_init_and_batches(small_glyphs):
     assert learned[0] != learned[1]  # the loss does change what is learned
 
 
+def test_memory_runs_are_paired_and_use_the_memory(small_glyphs):
+    """With a memory bank, plain and EE runs of a seed share the initial weights and the batches with each
+    other and with the runs without one; the memory changes the loss; the runs' keys never collide, and a
+    run without a memory keeps the key it had before the memory fields existed."""
+    seed = int(RNG.integers(1000))
+    print("seed", seed)
+    size = 12 + 2 * int(RNG.integers(0, 10))  # batches of 12 rows: partial fill, then the ring wraps
+    plain = _small_run(small_glyphs, seed=seed)
+    mem = {n: _small_run(small_glyphs, seed=seed, n_inner=n, memory_size=size) for n in (0, 2)}
+    for r in mem.values():
+        assert r["init_digest"] == plain["init_digest"] and _batches(r) == _batches(plain)
+    assert [c["loss_sum"] for c in mem[0]["curve"]] != [c["loss_sum"] for c in plain["curve"]]
+    assert mem[0]["curve"][-1]["loss_sum"] > plain["curve"][-1]["loss_sum"]  # in-batch + memory term (w = 1)
+    keys = {r["key"] for r in (plain, *mem.values())}
+    assert len(keys) == 3 and all(f"_mem{size}_" in r["key"] for r in mem.values())
+    import dataclasses
+    import hashlib
+    rc = train.RunConfig(**plain["config"])
+    d = {k: v for k, v in dataclasses.asdict(rc).items() if k not in ("memory_size", "memory_weight")}
+    assert rc.key() == f"glyphs_hphn_n0_s{seed}_" + hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def test_loss_cannot_change_the_batches(small_glyphs, monkeypatch):
     """A loss that draws from torch's and numpy's global generators leaves the batches and the
     initialization alone: the sampler owns its generator."""
@@ -226,6 +302,12 @@ def test_merge_requests_covers_every_request():
     assert cfg.main_seeds >= 8 and len(cfg.checkpoints) >= 3 and cfg.loss_options["hphn"]["margin"] == 1e-5
     full = experiments.ReproConfig.full()
     assert full.ablation_seeds >= 5 and max(full.checkpoints) == 2000
+    # experiment 9: optional in the default, part of --full; its runs are keyed apart from the others
+    assert 9 not in cfg.default_experiments and 9 in full.default_experiments
+    mem = experiments.merge_requests(cfg.requests([9]))
+    assert len(mem) == 2 * cfg.main_seeds and not set(mem) & set(merged)
+    assert all(rc.memory_size == cfg.memory_size > 0 and cps == list(cfg.checkpoints) for rc, cps, _ in mem.values())
+    assert len(full.memory_seed_list()) >= 5 and full.memory_checkpoint_list() == list(full.checkpoints)
 
 
 def test_paired_statistics_hand_worked():

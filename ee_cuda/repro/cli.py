@@ -4,11 +4,17 @@
     python -m ee_cuda.repro --full --out docs/results/full     # larger: more seeds, longer runs
     python -m ee_cuda.repro --losses hphn triplet --n 4 --seeds 4 --checkpoints 100 300 --device cuda
 
-Writes ``expN_*.json`` and ``expN_*.png`` for experiments 1-8, ``run_info.json`` and ``report.md`` into
-``--out``; the trained runs (results and final weights) and the rendered glyph cache go to ``--work-dir``
-(default ``<out>/_work``), so an interrupted run resumes where it stopped. Runs are trained ``--jobs`` at a
-time in separate processes. Every number in ``report.md`` is read from the JSON files by ``write_report``;
-rerun it alone with ``--report-only``.
+Writes ``expN_*.json`` and ``expN_*.png`` for experiments 1-8 (and 9, the memory bank: part of ``--full``
+and ``--tiny``, optional in the default), ``run_info.json`` and ``report.md`` into ``--out``; the trained
+runs (results and final weights) and the rendered glyph cache go to ``--work-dir`` (default
+``<out>/_work``), so an interrupted run resumes where it stopped. Runs are trained ``--jobs`` at a time in
+separate processes. Every number in ``report.md`` is read from the JSON files by ``write_report``; rerun it
+alone with ``--report-only``.
+
+``--experiments`` into an ``--out`` that holds earlier results adds to them: ``run_info.json`` keeps every
+invocation whose experiments are still in the folder (``invocations``, each with the experiments it wrote),
+and the report lists them; the configuration must be the one of the results kept (else it refuses, before
+training), so that one report never mixes configurations.
 """
 from __future__ import annotations
 
@@ -47,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoints", type=int, nargs="+", help="iterations at which the main loss is evaluated")
     p.add_argument("--n-sweep", type=int, nargs="+", help="values of n for experiment 4")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present, else CPU), cpu or cuda")
-    p.add_argument("--experiments", type=int, nargs="+", choices=sorted(EXPERIMENTS), help="subset of 1-8")
+    p.add_argument("--experiments", type=int, nargs="+", choices=sorted(EXPERIMENTS),
+                   help="subset of 1-9 (default: 1-8, and 9 with --full or --tiny); added to the results in --out")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once in separate processes (default: 2 on CPU, at most the cores; 1 on CUDA)")
     p.add_argument("--threads", type=int, default=1,
@@ -99,12 +106,46 @@ def main(argv=None) -> str:
         torch.set_num_threads(threads)
 
 
+def _earlier_invocations(out: str, todo, cfg: ReproConfig) -> list:
+    """The invocations recorded in ``out``'s ``run_info.json`` whose experiments this one does not redo,
+    each with the experiments it keeps; ``SystemExit`` when one ran another configuration."""
+    path = os.path.join(out, "run_info.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        old = json.load(f)
+    kept = []
+    for r in old.get("invocations") or [{k: v for k, v in old.items() if k != "invocations"}]:
+        left = [e for e in r.get("experiments", []) if e not in todo]
+        if not left:
+            continue
+        mine = cfg.to_json()
+        differ = sorted(k for k, v in r.get("config", {}).items()
+                        if k in mine and k != "default_experiments" and v != mine[k])
+        if differ:
+            raise SystemExit(f"{out} holds experiments {left} of another configuration (differs in: "
+                             f"{', '.join(differ)}); choose another --out, rerun those experiments too, or remove "
+                             "their files and run_info.json")
+        kept.append({**r, "experiments": left})
+    return kept
+
+
+def _seed_groups(cfg: ReproConfig, todo) -> dict:
+    groups = {"main loss": cfg.seeds_of(cfg.main_loss),
+              "other losses": cfg.seeds_of(next((lo for lo in cfg.losses if lo != cfg.main_loss), cfg.main_loss)),
+              "ablations": cfg.ablation_seed_list()}
+    if 9 in todo:
+        groups["memory bank"] = cfg.memory_seed_list()
+    return groups
+
+
 def _run(a, argv) -> str:
     cfg = config_from_args(a)
     ctx = Context(cfg, a.out, a.work_dir, progress=not a.no_progress)
     jobs = a.jobs if a.jobs is not None else (1 if cfg.device.startswith("cuda") else min(2, os.cpu_count() or 1))
     started = time.time()
-    todo = a.experiments or sorted(EXPERIMENTS)
+    todo = sorted(set(a.experiments or cfg.default_experiments))
+    earlier = _earlier_invocations(a.out, todo, cfg)
     print(f"[ee_cuda.repro] training {len(merge_requests(cfg.requests(todo)))} runs, {jobs} at a time", file=sys.stderr)
     trained = ctx.prefetch(cfg.requests(todo), jobs=jobs, threads=max(a.threads, 1))
     timings = {"training": time.time() - started}
@@ -119,18 +160,23 @@ def _run(a, argv) -> str:
             .isoformat(timespec="seconds"),
             "wall_seconds": time.time() - started, "seconds": timings, "experiments": todo,
             "paired": True, "seeds": cfg.main_seeds, "main_loss": cfg.main_loss,
-            "seed_groups": {"main loss": cfg.seeds_of(cfg.main_loss),
-                            "other losses": cfg.seeds_of(next((lo for lo in cfg.losses if lo != cfg.main_loss),
-                                                              cfg.main_loss)),
-                            "ablations": cfg.ablation_seed_list()},
+            "seed_groups": _seed_groups(cfg, todo),
             "datasets": {cfg.dataset: ctx.dataset().describe()},
             "runs": len(merge_requests(cfg.requests(todo))), "runs_trained": len(trained), "jobs": jobs,
             "config": cfg.to_json(), "build_info": build_info(), "torch": torch.__version__,
             "threads_per_job": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(), "device": cfg.device,
             "device_name": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else platform.processor()}
+    if earlier:
+        # the top level describes the folder (every experiment in it, their runs, the configuration; the
+        # latest environment); "invocations" holds what each invocation did and which experiments it wrote
+        union = sorted({e for r in earlier for e in r["experiments"]} | set(todo))
+        per_invocation = ("command", "started_utc", "wall_seconds", "seconds", "runs_trained", "jobs")
+        info = {**{k: v for k, v in info.items() if k not in per_invocation}, "experiments": union,
+                "seed_groups": _seed_groups(cfg, union), "runs": len(merge_requests(cfg.requests(union))),
+                "invocations": earlier + [info]}
     with open(os.path.join(a.out, "run_info.json"), "w") as f:
         json.dump(info, f, indent=1)
     path = write_report(a.out)
-    print(f"[ee_cuda.repro] wrote {path} in {info['wall_seconds'] / 60:.1f} min", file=sys.stderr)
+    print(f"[ee_cuda.repro] wrote {path} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
     return path

@@ -1,4 +1,5 @@
-"""The paper's experiments (docs/design.md §11, experiments 1-8) on the offline datasets of ``ee_cuda.repro.data``.
+"""The paper's experiments (docs/design.md §11, experiments 1-8) on the offline datasets of ``ee_cuda.repro.data``,
+and experiment 9 (EE with a memory bank, beyond the paper).
 
 Every comparison is paired (``ee_cuda.repro.stats``): the variants of one seed share the network's
 initialization and batches, and a verdict is drawn from the per-seed differences after Holm's correction
@@ -30,7 +31,7 @@ from .train import (LOSS_TITLES, RunConfig, at_checkpoint, embed, load_model, lo
 
 __all__ = ["ReproConfig", "Context", "EXPERIMENTS", "merge_requests", "exp1_losses", "exp2_synthetic_labels",
            "exp3_l2_norm", "exp4_n_sweep", "exp5_selection_ratio", "exp6_hard_negative_heatmap", "exp7_occlusion",
-           "exp8_cost"]
+           "exp8_cost", "exp9_memory_bank", "in_batch_reference"]
 
 METRIC_KEYS = ("nmi", "f1", "recall@1", "recall@2", "recall@4", "recall@8")
 
@@ -44,7 +45,11 @@ class ReproConfig:
     16 images, n = 2, L2-normalized synthetic points) over ``main_seeds`` paired seeds, evaluated at
     ``checkpoints``; the other losses keep their library defaults and run ``other_seeds`` seeds to
     ``other_checkpoints``. The ablations (experiments 3-6) vary the main loss on its first
-    ``ablation_seeds`` seeds up to ``ablation_checkpoints``."""
+    ``ablation_seeds`` seeds up to ``ablation_checkpoints``. Experiment 9 trains the main loss plain and with
+    EE, both with a memory bank of ``memory_size`` rows (objective: in-batch loss + ``memory_weight`` x memory
+    loss), over ``memory_seeds`` seeds (None: ``main_seeds``) to ``memory_checkpoints`` (None: ``checkpoints``).
+    ``default_experiments`` are those a run without ``--experiments`` runs: experiment 9 is optional in the
+    default configuration and part of ``full()`` and ``tiny()``."""
     dataset: str = "glyphs"
     losses: tuple = ("hphn", "triplet", "lifted", "npair", "ms")
     main_loss: str = "hphn"
@@ -69,6 +74,13 @@ class ReproConfig:
     glyph_per_class: int = 16
     device: str = "cpu"
     data_id: str = ""                    # the dataset's fingerprint, set by Context
+    # experiment 9: 1024 rows = the last 8 batches of 128 (64 class draws of the 246 training classes, a
+    # quarter of the 3936 training images), so no memory row is more than 7 steps stale
+    memory_size: int = 1024
+    memory_weight: float = 1.0
+    memory_seeds: int | None = None      # None: main_seeds
+    memory_checkpoints: tuple | None = None  # None: checkpoints
+    default_experiments: tuple = (1, 2, 3, 4, 5, 6, 7, 8)
 
     @classmethod
     def full(cls, **kw) -> "ReproConfig":
@@ -76,7 +88,7 @@ class ReproConfig:
                     other_checkpoints=(100, 250, 500, 1000), ablation_seeds=5,
                     ablation_checkpoints=(100, 250, 500, 1000),
                     n_sweep=(0, 1, 2, 4, 8, 16), occlusion_fractions=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625),
-                    cost_ns=(0, 1, 2, 4, 8, 16), cost_iters=5)
+                    cost_ns=(0, 1, 2, 4, 8, 16), cost_iters=5, default_experiments=tuple(range(1, 10)))
         base.update(kw)
         return cls(**base)
 
@@ -86,16 +98,24 @@ class ReproConfig:
         base = dict(losses=("hphn", "triplet"), main_seeds=3, checkpoints=(2, 4, 6), other_seeds=2,
                     other_checkpoints=(2, 4, 6), ablation_seeds=2, ablation_checkpoints=(3, 6, 8), n_sweep=(0, 1, 2),
                     occlusion_fractions=(0.0, 0.5), cost_ns=(0, 2), cost_iters=2, width=4, embedding_dim=16,
-                    glyph_classes=24, glyph_per_class=4, batch=(4, 4))
+                    glyph_classes=24, glyph_per_class=4, batch=(4, 4), memory_size=32,
+                    default_experiments=tuple(range(1, 10)))
         base.update(kw)
         return cls(**base)
 
-    def run_config(self, loss: str, n_inner: int, seed: int, l2_norm: bool = True) -> RunConfig:
+    def run_config(self, loss: str, n_inner: int, seed: int, l2_norm: bool = True, memory: bool = False) -> RunConfig:
         P, K = self.batch
         return RunConfig(dataset=self.dataset, loss=loss, n_inner=n_inner, l2_norm=l2_norm, seed=seed, P=P, K=K,
                          lr=self.lr, embedding_dim=self.embedding_dim, width=self.width,
                          loss_options=dict(self.loss_options.get(loss, {})), device=self.device,
-                         data_id=self.data_id)
+                         data_id=self.data_id, memory_size=self.memory_size if memory else 0,
+                         memory_weight=self.memory_weight if memory else 1.0)
+
+    def memory_seed_list(self) -> list:
+        return list(range(self.main_seeds if self.memory_seeds is None else self.memory_seeds))
+
+    def memory_checkpoint_list(self) -> list:
+        return list(self.checkpoints if self.memory_checkpoints is None else self.memory_checkpoints)
 
     def seeds_of(self, loss: str) -> list:
         return list(range(self.main_seeds if loss == self.main_loss else self.other_seeds))
@@ -112,7 +132,7 @@ class ReproConfig:
 
     def requests(self, experiments=None) -> list:
         """Every ``(RunConfig, checkpoints, track)`` the ``experiments`` (default: all) read."""
-        todo = set(experiments or range(1, 9))
+        todo = set(experiments or self.default_experiments)
         out = []
         for loss in self.losses:
             for seed in self.seeds_of(loss):
@@ -126,6 +146,9 @@ class ReproConfig:
             if todo & {4, 5}:
                 out += [(self.run_config(self.main_loss, n, seed), list(self.ablation_checkpoints), True)
                         for n in self.n_sweep]
+        if 9 in todo:
+            out += [(self.run_config(self.main_loss, n, seed, memory=True), self.memory_checkpoint_list(), False)
+                    for seed in self.memory_seed_list() for n in (0, self.n_inner)]
         return out
 
     def to_json(self) -> dict:
@@ -734,5 +757,98 @@ def _cost_row(cfg, loss_name, n, xb, yb, device, backend) -> dict:
             "saved_bytes_step": saved, "saved_bytes_loss": loss_saved, "cuda_peak_bytes": peak}
 
 
+# ------------------------------------------------------------------------------------------ experiment 9
+
+def in_batch_reference(out_dir: str | None, loss: str, n_inner: int, dataset: str) -> dict:
+    """Experiment 1's in-batch comparison of ``loss`` from ``exp1_losses.json`` in ``out_dir``, when it is
+    there and of the same loss, n and dataset: ``{iteration: {"comparison": its curve entry (Δ, SE, p),
+    "plain": mean R@1, "ee": mean R@1}}``; ``{}`` otherwise. A reference beside experiment 9, not a test."""
+    path = os.path.join(out_dir, "exp1_losses.json") if out_dir else None
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        e1 = json.load(f)
+    if e1.get("n_inner") != n_inner or e1.get("dataset", {}).get("name") != dataset or loss not in e1["per_seed"]:
+        return {}
+    return {c["iteration"]: {"comparison": c, "plain": c["a_mean"], "ee": c["b_mean"]}
+            for c in e1["curves"] if c["loss"] == loss}
+
+
+def exp9_memory_bank(ctx: Context) -> dict:
+    """EE with a memory bank: the main loss plain and with EE, both with a cross-batch memory (XBM), paired.
+
+    Each run's objective is ``loss(batch) + memory_weight * loss(batch, negatives from the memory)``
+    (``ee_cuda.losses.CrossBatchMemory`` of ``memory_size`` rows, empty at iteration 0, no warm-up, the
+    current batch enqueued before its loss); the two variants of a seed share the initialization and the
+    batches (and with experiment 1's runs of that seed). Paired ΔR@1 (EE − plain) at every checkpoint with
+    uncorrected p (the curve); the tests are the last checkpoint and each run's best one, Holm over the
+    two. Experiment 1's in-batch Δ of the same loss, when its JSON is in the output folder, is drawn
+    beside it for reference."""
+    cfg = ctx.cfg
+    cps, seeds = cfg.memory_checkpoint_list(), cfg.memory_seed_list()
+    runs = {n: [ctx.run(cfg.run_config(cfg.main_loss, n, s, memory=True), cps) for s in seeds]
+            for n in (0, cfg.n_inner)}
+    plain, ee = runs[0], runs[cfg.n_inner]
+    curves = [_compare(_r1(plain, c), _r1(ee, c), iteration=c, same_batches=_same_footing(plain, ee, c))
+              for c in cps]
+    last = cps[-1]
+    final = _compare(_r1(plain, last), _r1(ee, last), test="last checkpoint", iteration=last,
+                     same_batches=_same_footing(plain, ee, last))
+    for k in METRIC_KEYS:
+        pa, pb = _r1(plain, last, k), _r1(ee, last, k)
+        final[k] = {"plain": _mean_se(pa), "ee": _mean_se(pb), "delta": paired(pa, pb)}
+    bp, be = [_best(r, cps) for r in plain], [_best(r, cps) for r in ee]
+    best = _compare([b["recall@1"] for b in bp], [b["recall@1"] for b in be], test="best checkpoint",
+                    plain_best_at=[b["iteration"] for b in bp], ee_best_at=[b["iteration"] for b in be])
+    _correct([final, best])
+    reference = in_batch_reference(ctx.out_dir, cfg.main_loss, cfg.n_inner, cfg.dataset)
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    r1 = []
+    for rs, style, color, name in ((plain, "--s", "tab:blue", "plain + memory"),
+                                   (ee, "-o", "tab:red", f"EE (n={cfg.n_inner}) + memory")):
+        m = [100 * np.mean(_r1(rs, c)) for c in cps]
+        r1 += m
+        axes[0].plot(cps, m, style, ms=4, color=color, label=name)
+    ref_cps = [c for c in cps if c in reference]
+    if ref_cps:
+        for key, style, name in (("plain", "--s", "plain, in-batch (exp. 1)"), ("ee", "-o", "EE, in-batch (exp. 1)")):
+            m = [100 * reference[c][key] for c in ref_cps]
+            r1 += m
+            axes[0].plot(ref_cps, m, style, ms=3, color="0.6", alpha=0.8, label=name)
+    lo, _ = _shared_ylim([axes[0]], r1, floor=0)
+    axes[0].set_ylabel(f"mean R@1 (%), axis from {lo:g}")
+    axes[0].legend(fontsize=7)
+    _iteration_axis(axes[0], cps)
+    _ci_errorbar(axes[1], cps, curves, color="tab:red", label="with memory")
+    diffs = [100 * x for c in curves for x in c["ci"]] + [0.0]
+    if ref_cps:
+        ref_comps = [reference[c]["comparison"] for c in ref_cps]
+        _ci_errorbar(axes[1], [c * 1.06 for c in ref_cps], ref_comps, color="0.6", label="in-batch (exp. 1)")
+        diffs += [100 * x for c in ref_comps for x in c["ci"]]
+        axes[1].legend(fontsize=7)
+    dlo, _ = _shared_ylim([axes[1]], diffs)
+    _iteration_axis(axes[1], cps)
+    axes[1].set_ylabel(f"EE − plain, R@1 points, axis from {dlo:g}\n(mean, 95% paired t interval)")
+    fig.suptitle(f"{LOSS_TITLES[cfg.main_loss]} with a memory bank of {cfg.memory_size} rows "
+                 f"({len(seeds)} paired seeds)", fontsize=10)
+    fig.tight_layout()
+    P, K = cfg.batch
+    return ctx.write("exp9_memory_bank", {
+        "loss": cfg.main_loss, "loss_options": cfg.loss_options.get(cfg.main_loss, {}), "n_inner": cfg.n_inner,
+        "memory_size": cfg.memory_size, "memory_weight": cfg.memory_weight, "batch_rows": P * K,
+        "memory_start": "empty at iteration 0 (no warm-up)",
+        "objective": f"loss(batch) + {cfg.memory_weight:g} * loss(batch, negatives from the memory)",
+        "seeds": seeds, "checkpoints": cps, "correction": "holm", "family": ["last checkpoint", "best checkpoint"],
+        "curves": curves, "final": final, "best": best,
+        "per_seed": {"plain_recall@1": [_r1_curve(r, cps) for r in plain],
+                     "ee_recall@1": [_r1_curve(r, cps) for r in ee],
+                     "init_digests": [r["init_digest"] for r in plain],
+                     "batch_digests": [at_checkpoint(r, last)["batch_digest"] for r in plain]},
+        "seconds_per_100_iterations": {"plain": _seconds_per_100(plain), "ee": _seconds_per_100(ee)}}, fig)
+
+
 EXPERIMENTS = {1: exp1_losses, 2: exp2_synthetic_labels, 3: exp3_l2_norm, 4: exp4_n_sweep,
-               5: exp5_selection_ratio, 6: exp6_hard_negative_heatmap, 7: exp7_occlusion, 8: exp8_cost}
+               5: exp5_selection_ratio, 6: exp6_hard_negative_heatmap, 7: exp7_occlusion, 8: exp8_cost,
+               9: exp9_memory_bank}

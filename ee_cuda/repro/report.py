@@ -54,11 +54,42 @@ def _mse(ms):
     return f"{_pts(ms[0], False)} ± {_pts(ms[1], False)}"
 
 
+def _environment(r) -> str:
+    bi = r.get("build_info", {})
+    return (f"torch {r['torch']}, Python {r['python']}; ee_cuda ops backend `{bi.get('backend')}` "
+            f"(fused CPU kernels: {bi.get('cpu')}, fused CUDA kernels: {bi.get('cuda')})")
+
+
+def _experiment_list(es) -> str:
+    es = sorted(es)
+    if len(es) > 2 and es == list(range(es[0], es[-1] + 1)):
+        return f"experiments {es[0]}–{es[-1]}"
+    return ("experiment " if len(es) == 1 else "experiments ") + ", ".join(map(str, es))
+
+
+def _invocations(info) -> list:
+    """The header's lines on how the folder's results were produced: one invocation, or (results added
+    with ``--experiments``) each invocation with the experiments it wrote."""
+    records = info.get("invocations") or [info]
+    L = []
+    for r in records:
+        L += [f"- Command: `{r['command']}`" + (f" ({_experiment_list(r['experiments'])})" if len(records) > 1 else ""),
+              f"- Started {r['started_utc']}, wall time {r['wall_seconds'] / 60:.1f} min: {r['runs']} runs "
+              f"({r['runs_trained']} trained in this invocation), {r['jobs']} at a time, "
+              f"{r['threads_per_job']} torch thread(s) each, {r['cpu_count']} CPU cores visible, device "
+              f"`{r['device']}`{', ' + r['device_name'] if r.get('device_name') else ''}."]
+    envs = list(dict.fromkeys(_environment(r) for r in records))
+    if len(envs) == 1:
+        return L + [f"- {envs[0]}."]
+    return L + [f"- {_experiment_list(r['experiments'])}: {_environment(r)}." for r in records]
+
+
 def _all_paired(out_dir) -> bool:
-    """Whether every compared pair of runs in experiments 1, 3 and 4 shared weights and batches."""
+    """Whether every compared pair of runs in experiments 1, 3, 4 and 9 shared weights and batches."""
     rows = (_load(out_dir, "exp1_losses") or {}).get("final", [])
     for name in ("exp3_l2_norm", "exp4_n_sweep"):
         rows += (_load(out_dir, name) or {}).get("comparisons", [])
+    rows += (_load(out_dir, "exp9_memory_bank") or {}).get("curves", [])
     return all(r["same_batches"] for r in rows)
 
 
@@ -73,7 +104,14 @@ def _names(names):
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) or "no loss"
 
 
-def _summary(L, e1, e2, smoke):
+def _memory_setting(e9) -> str:
+    opts = ", ".join(f"{k} {v:g}" for k, v in e9["loss_options"].items())
+    return (f"{LOSS_TITLES[e9['loss']]}{' (' + opts + ')' if opts else ''}, n = {e9['n_inner']}, a memory of "
+            f"{e9['memory_size']} rows, objective in-batch loss + {e9['memory_weight']:g} × memory loss, "
+            f"{len(e9['seeds'])} paired seeds")
+
+
+def _summary(L, e1, e2, smoke, e9=None):
     L += ["", "## Summary", ""]
     if smoke:
         L += [f"`{e1['dataset']['name']}` is a smoke set: the tables below are printed, but no verdict is drawn "
@@ -100,6 +138,12 @@ def _summary(L, e1, e2, smoke):
           + (f"; not testable (equal differences on every seed, or one seed): {_names(groups['not tested'])}"
              if "not tested" in groups else "")
           + f". The main comparison is {LOSS_TITLES[e1['main_loss']]} over {k_main} paired seeds."]
+    if e9:
+        r, b = e9["final"], e9["best"]
+        L += ["", f"**With a memory bank** (experiment 9, beyond the paper: {_memory_setting(e9)}; both variants "
+              f"with the memory; Holm over its last and best checkpoint): at {r['iteration']} iterations EE "
+              f"**{r['verdict']}**: Δ R@1 {_delta(r)}, p = {_p(r['p'])}, Holm {_p(r['p_holm'])}; at each run's best "
+              f"checkpoint Δ {_delta(b)} ({b['verdict']})."]
     L += ["", f"**Against the paper** ({PAPER_SETTING}, as the paper reports; this harness measures something "
           "else):", "",
           "| loss | Δ R@1 here (last checkpoint) | paper's reported gain |", "| --- | --- | --- |"]
@@ -123,6 +167,56 @@ def _summary(L, e1, e2, smoke):
                  "are mislabelled.")]
 
 
+def _memory_section(L, e9, e1, smoke):
+    """Experiment 9: its curve, its two tests, its last checkpoint's metrics, and experiment 1's in-batch
+    comparison of the same loss beside it when that is in the folder (read, not tested again)."""
+    ref = {}
+    if e1 and e1.get("n_inner") == e9["n_inner"] and e9["loss"] in e1["per_seed"]:
+        ref = {c["iteration"]: c for c in e1["curves"] if c["loss"] == e9["loss"]}
+    B = e9["batch_rows"]
+    M = e9["memory_size"]
+    L += ["## 9. EE with a memory bank", "",
+          f"Beyond the paper: {_memory_setting(e9)}. Both variants train with a cross-batch memory (XBM, Wang et al., "
+          f"CVPR 2020; `ee_cuda.losses.CrossBatchMemory`) of the last {M} embeddings ({M / B:g} batches of {B}), "
+          f"{e9['memory_start']}; every batch is enqueued (detached) before its loss, and the memory loss takes "
+          "the batch's anchors and positives and its negatives from the memory, the current batch included (with "
+          "EE, the synthetic points of the memory's adjacent pairs too). Objective: "
+          f"`{e9['objective']}`. The two variants of a seed start from the same weights and see the same batches "
+          "(the memory draws from no generator), as experiment 1's runs of that seed do. Δ = EE + memory − "
+          "plain + memory, in points, mean ± SE [95% t interval]; p on the curve uncorrected; the tests are the "
+          "last checkpoint and each run's best one, Holm over the two."
+          + (" The last columns repeat experiment 1's in-batch comparison of the same loss at the same iteration "
+             f"({next(iter(ref.values()))['k']} seeds), for reference: not tested again here."
+             if ref else ""), "",
+          "| iterations | seeds | plain + memory | EE + memory | Δ R@1 | p (uncorrected) |"
+          + (" in-batch plain / EE | in-batch Δ |" if ref else ""),
+          "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if ref else "")]
+    for c in e9["curves"]:
+        r = ref.get(c["iteration"])
+        L += [f"| {c['iteration']} | {c['k']} | {_pts(c['a_mean'], False)} | {_pts(c['b_mean'], False)} | "
+              f"{_delta(c)} | {_p(c['p'])} |"
+              + ((f" {_pts(r['a_mean'], False)} / {_pts(r['b_mean'], False)} | {_pts(r['mean'])} ± "
+                  f"{_pts(r['se'], False)} |" if r else " n/a | n/a |") if ref else "")]
+    L += ["", "| test (R@1) | plain + memory | EE + memory | Δ | p | Holm | verdict |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    for t, name in ((e9["final"], f"last checkpoint ({e9['final']['iteration']})"), (e9["best"], "best checkpoint")):
+        L += [f"| {name} | {_pts(t['a_mean'], False)} | {_pts(t['b_mean'], False)} | {_delta(t)} | {_p(t['p'])} | "
+              f"{_p(t['p_holm'])} | {_verdict(t, smoke)} |"]
+    b = e9["best"]
+    L += ["", f"Best at (plain / EE, per seed): {', '.join(map(str, b['plain_best_at']))} / "
+          f"{', '.join(map(str, b['ee_best_at']))}.", "",
+          "Last checkpoint, all metrics (mean ± SE over seeds, %; Δ is the paired mean difference):", "",
+          "| metric | plain + memory | EE + memory | Δ |", "| --- | --- | --- | --- |"]
+    r = e9["final"]
+    for m, name in (("nmi", "NMI"), ("f1", "F1"), ("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"),
+                    ("recall@8", "R@8")):
+        L += [f"| {name} | {_mse(r[m]['plain'])} | {_mse(r[m]['ee'])} | "
+              f"{_pts(r[m]['delta']['mean'])} ± {_pts(r[m]['delta']['se'], False)} |"]
+    t = e9["seconds_per_100_iterations"]
+    L += ["", f"Training time with the memory, seconds per 100 iterations (mean over seeds): plain {t['plain']:.2f}, "
+          f"EE {t['ee']:.2f} (a rough guide, as in experiment 1)."]
+
+
 def write_report(out_dir: str) -> str:
     """Write ``report.md`` from the ``expN_*.json`` and ``run_info.json`` files in ``out_dir``."""
     L = []
@@ -135,16 +229,10 @@ def write_report(out_dir: str) -> str:
           "in it is typed by hand (rewrite it with `python -m ee_cuda.repro --report-only --out <folder>`). "
           "Test sets hold classes never seen in training (the paper's zero-shot protocol)."]
     if info:
-        bi = info.get("build_info", {})
-        L += ["", f"- Command: `{info['command']}`",
-              f"- Started {info['started_utc']}, wall time {info['wall_seconds'] / 60:.1f} min: {info['runs']} runs "
-              f"({info['runs_trained']} trained in this invocation), {info['jobs']} at a time, "
-              f"{info['threads_per_job']} torch thread(s) each, {info['cpu_count']} CPU cores visible, device "
-              f"`{info['device']}`{', ' + info['device_name'] if info.get('device_name') else ''}.",
-              f"- torch {info['torch']}, Python {info['python']}; ee_cuda ops backend `{bi.get('backend')}` "
-              f"(fused CPU kernels: {bi.get('cpu')}, fused CUDA kernels: {bi.get('cuda')})."]
+        L += [""] + _invocations(info)
+    e9 = _load(out_dir, "exp9_memory_bank")
     if e1:
-        _summary(L, e1, _load(out_dir, "exp2_synthetic_labels"), smoke)
+        _summary(L, e1, _load(out_dir, "exp2_synthetic_labels"), smoke, e9)
     if cfg and e1:
         d = e1["dataset"]
         P, K = cfg["batch"]
@@ -320,6 +408,9 @@ def write_report(out_dir: str) -> str:
                   f"{r['saved_bytes_step'] / 2 ** 20:.2f} | {r['saved_bytes_loss'] / 2 ** 20:.3f} |"
                   + (f" {r['cuda_peak_bytes'] / 2 ** 20:.1f} |" if r.get("cuda_peak_bytes") else "")]
         _fig(L, out_dir, "exp8_cost", "Time and memory by n")
+    if e9:
+        _memory_section(L, e9, e1, smoke)
+        _fig(L, out_dir, "exp9_memory_bank", "R@1 with a memory bank, plain vs EE, and the paired difference")
     L += ["", "## Caveats", "",
           "- Small networks trained from scratch for minutes on 16x16 images, not the paper's ImageNet-pretrained "
           "GoogLeNet/BN-Inception on CUB-200, Cars-196 and SOP: absolute numbers are not comparable to the paper's, "

@@ -51,11 +51,19 @@ class RunConfig:
     loss_options: dict = field(default_factory=dict)  # keyword arguments of the loss (e.g. HPHN's margin)
     device: str = "cpu"
     data_id: str = ""         # Dataset.fingerprint() of the data it trains on ("" = not checked)
+    memory_size: int = 0      # rows of a memory bank (ee_cuda.losses.CrossBatchMemory); 0 = none
+    memory_weight: float = 1.0  # objective: loss(batch) + memory_weight * memory loss (with a memory)
 
     def key(self) -> str:
+        """A file name for the run: a readable tag and a hash of every field. The memory fields enter both
+        only when there is a memory, so the runs without one keep the keys they had before the memory."""
         d = dataclasses.asdict(self)
-        tag = f"{self.dataset}_{self.loss}_n{self.n_inner}{'' if self.l2_norm else '_nonorm'}_s{self.seed}"
-        return tag + "_" + hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+        tag = f"{self.dataset}_{self.loss}_n{self.n_inner}{'' if self.l2_norm else '_nonorm'}"
+        if self.memory_size:
+            tag += f"_mem{self.memory_size}" + (f"w{self.memory_weight:g}" if self.memory_weight != 1 else "")
+        else:
+            del d["memory_size"], d["memory_weight"]
+        return tag + f"_s{self.seed}_" + hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def resolve_device(device: str) -> str:
@@ -220,6 +228,12 @@ def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), tr
     each checkpoint's ``batch_digest``, of the batches up to it, let a reader check it). Evaluation and
     tracking run in eval mode and draw from no shared generator, so they do not change the training.
 
+    With ``cfg.memory_size > 0`` the objective is XBM's: ``loss(emb, y) + cfg.memory_weight * memory(emb,
+    y)``, where ``memory`` is an ``ee_cuda.losses.CrossBatchMemory`` of ``memory_size`` rows around the same
+    loss, empty at iteration 0 (no warm-up), that enqueues every batch (detached) before its loss; its
+    negatives come from the memory, the current batch included. The memory draws from no generator, so the
+    pairing above holds for memory runs as well (and they pair with the runs without a memory too).
+
     Returns a JSON-able dict (plus ``"state_dicts"``: the weights at every checkpoint): ``config``,
     ``checkpoints``, ``curve`` (per checkpoint: ``ee_cuda.metrics.evaluate`` on the test set and, counted
     from the start, the batch digest, the sum of the training losses and the training seconds),
@@ -249,6 +263,8 @@ def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), tr
     for v in model.state_dict().values():
         _digest(init, v)
     loss_fn = make_loss(cfg.loss, cfg.n_inner, cfg.l2_norm, **cfg.loss_options)
+    memory = (losses.CrossBatchMemory(loss_fn, cfg.embedding_dim, cfg.memory_size, device=device)
+              if cfg.memory_size else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sampler = PKSampler(ds.y_train, min(cfg.P, int(ds.y_train.unique().numel())), cfg.K, checkpoints[-1],
                         seed=cfg.seed)
@@ -271,6 +287,8 @@ def train_run(cfg: RunConfig, ds: Dataset, checkpoints=(100, 250, 500, 1000), tr
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             loss = loss_fn(emb, labels)
+            if memory is not None:
+                loss = loss + cfg.memory_weight * memory(emb, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
