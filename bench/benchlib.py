@@ -7,9 +7,13 @@ Vocabulary
 ----------
 * **config**: one batch shape (docs/design.md §12: workloads W1, W1b, W2, W3, or a point of the n / B sweeps):
   ``B = classes × per_class``, ``D``, ``n``, and the positive-pair layout ``pairs`` ("adjacent" / "all").
+  A **memory-bank** config (workload ``XBM``, group "memory") adds a reference set of ``M`` rows (``ref_X``,
+  its adjacent pairs and labels, see ``MEMORY``): the ops search the reference's augmented points, and
+  forward+backward differentiates both ``X`` and ``ref_X``.
 * **target**: what is timed. The ops ``hard_negative_points`` / ``hard_negative_pairs`` (on the pairs of
   the config), the losses of ``ee_cuda.losses`` (HPHN uses the adjacent layout itself, the pair losses
-  their default ``pairs="all"``), and ``gram`` (``X @ X.T``, the floor every implementation pays).
+  their default ``pairs="all"``), and ``gram`` (``X @ X.T``, the floor every implementation pays; with a
+  reference set the cross-Gram ``X @ ref_X.T``).
 * **impl**: ``fused`` (the compiled extension), ``eager`` (the plain pure-PyTorch reference: materialized
   augmented points and the full distance matrix) and ``compiled`` (that same reference under
   ``torch.compile``). For the ops the reference is ``ee_cuda.reference``. For HPHN it is the port of the
@@ -50,6 +54,15 @@ WORKLOADS = {
     "W2": dict(B=1024, D=512, n=8, classes=256, per_class=4, pairs=("adjacent", "all"), devices=("cpu", "cuda")),
     "W3": dict(B=4096, D=1024, n=16, classes=1024, per_class=4, pairs=("adjacent", "all"), devices=("cuda",)),
 }
+# The memory-bank case (XBM: a batch against a memory of past embeddings; issue 17): a PK batch with K = 2
+# (64 classes × 2 rows, W1b's batch) against M reference rows in the adjacent layout (Q = M/2 pairs). The
+# memory's pairs are labelled from a dataset of `dataset_classes` classes, every class once (M = 4096) or
+# twice (M = 16384) in a seeded random order, the batch's 64 among them, as in XBM, whose memory holds the
+# current batch too. Selected with the workload name "XBM" (not in the CPU suite's default: its reference
+# cases take minutes).
+MEMORY = dict(B=128, D=512, ns=(2, 8), Ms=(4096, 16384), classes=64, per_class=2, dataset_classes=4096,
+              devices=("cpu", "cuda"))
+MEMORY_TARGET_M = 16384    # the memory targets are checked at this M
 SWEEP_N = (0, 2, 4, 8, 16)            # at W2's B, D, classes × per_class; adjacent pairs
 SWEEP_B = (128, 256, 512, 1024, 2048, 4096)   # at W2's D and n, 4 per class; adjacent pairs
 
@@ -63,7 +76,9 @@ class Config:
     classes: int
     per_class: int
     pairs: str         # layout of the ops' pairs; the losses choose their own (see target_pairs)
-    group: str = "workload"   # "workload", "sweep_n", "sweep_B"
+    group: str = "workload"   # "workload", "sweep_n", "sweep_B", "memory"
+    M: int = 0         # rows of the reference set (memory bank); 0: none, the ops search the batch itself
+    ref_classes: int = 0      # classes the reference's pairs are labelled from (see MEMORY)
 
     @property
     def T(self):
@@ -74,8 +89,20 @@ class Config:
             return self.B // 2
         return self.classes * self.per_class * (self.per_class - 1) // 2
 
+    @property
+    def memory(self):
+        return self.M > 0
+
+    def num_ref_pairs(self):
+        """Pairs of the reference set (its adjacent layout); the batch's own pairs without one."""
+        return self.M // 2 if self.memory else self.num_pairs(self.pairs)
+
     def key(self):
-        return (self.B, self.D, self.n, self.classes, self.per_class, self.pairs)
+        return (self.B, self.D, self.n, self.classes, self.per_class, self.pairs, self.M, self.ref_classes)
+
+    def shape_key(self):
+        """The shape, without the ops' pair layout (the losses and the floor are timed once per shape)."""
+        return (self.B, self.D, self.n, self.classes, self.per_class, self.M, self.ref_classes)
 
     def label(self):
         return f"{self.name}[{self.pairs}]" if self.group == "workload" else f"{self.name}"
@@ -84,12 +111,24 @@ class Config:
 def workload_configs(names, device="cpu"):
     out = []
     for name in names:
+        if name == "XBM":
+            out += memory_configs(device)
+            continue
         w = WORKLOADS[name]
         if device not in w["devices"]:
             continue
         for layout in w["pairs"]:
             out.append(Config(name, w["B"], w["D"], w["n"], w["classes"], w["per_class"], layout))
     return out
+
+
+def memory_configs(device="cpu"):
+    """The memory-bank case: every (M, n) of ``MEMORY``, adjacent pairs in the batch and in the memory."""
+    w = MEMORY
+    if device not in w["devices"]:
+        return []
+    return [Config(f"XBM[M={M},n={n}]", w["B"], w["D"], n, w["classes"], w["per_class"], "adjacent", "memory",
+                   M=M, ref_classes=w["dataset_classes"]) for M in w["Ms"] for n in w["ns"]]
 
 
 def sweep_configs():
@@ -106,6 +145,12 @@ def quick_configs():
             Config("n=4", 32, 16, 4, 8, 4, "adjacent", "sweep_n"),
             Config("B=16", 16, 16, 2, 4, 4, "adjacent", "sweep_B"),
             Config("B=64", 64, 16, 2, 16, 4, "adjacent", "sweep_B")]
+
+
+def quick_memory_configs():
+    """Tiny memory-bank shapes (``--bench-quick`` with the workload XBM)."""
+    return [Config(f"XBM[M={M},n=2]", 32, 16, 2, 16, 2, "adjacent", "memory", M=M, ref_classes=48)
+            for M in (64, 256)]
 
 
 def target_pairs(cfg: Config, target: str) -> str:
@@ -125,6 +170,8 @@ def targets_for(cfg: Config):
     adjacent entry). The n sweep times HPHN and one pair loss (the four pair losses share their cost, the
     ``hard_negative_pairs`` search over all pairs, and differ only in ``O(P²)`` element-wise work); the B
     sweep times HPHN only (all pairs at B = 4096 are 6144 pairs: a 6144² output per call)."""
+    if cfg.memory:
+        return list(OPS) + ["gram"]
     if cfg.pairs != "adjacent":
         return list(OPS)
     losses = LOSSES if cfg.group == "workload" else SWEEP_LOSSES[cfg.group]
@@ -143,16 +190,29 @@ def make_inputs(cfg: Config, device="cpu", dtype=torch.float32, seed=0):
     return X.to(device), labels.to(device)
 
 
-def output_grad(cfg: Config, target: str, labels, pairs, device, seed=1):
-    """Fixed random gradient for an op's ``dist`` output, zero where the output is +inf."""
+def make_ref_inputs(cfg: Config, device="cpu", dtype=torch.float32, seed=0):
+    """The memory of a memory-bank config: ``ref_X (M, D)`` unit-norm random normal rows, ``ref_labels (M,)``
+    (pair ``q`` = rows ``2q, 2q+1`` labelled from ``ref_classes`` classes, see ``MEMORY``) and ``ref_pairs``."""
+    Q = cfg.M // 2
+    g = torch.Generator().manual_seed(seed + 7919 + cfg.M + 13 * cfg.n)
+    ref_X = F.normalize(torch.randn(cfg.M, cfg.D, generator=g, dtype=torch.float64), dim=1).to(dtype)
+    ref_labels = (torch.randperm(Q, generator=g) % cfg.ref_classes).repeat_interleave(2)
+    ref_pairs = torch.arange(cfg.M).view(Q, 2)
+    return ref_X.to(device), ref_labels.to(device), ref_pairs.to(device)
+
+
+def output_grad(cfg: Config, target: str, labels, pairs, device, seed=1, ref_labels=None, ref_pairs=None):
+    """Fixed random gradient for an op's ``dist`` output, zero where the output is +inf (against the
+    reference set's pairs when one is given)."""
     P, T = pairs.shape[0], cfg.T
     lab = labels[pairs[:, 0]]
-    neg = lab[:, None] != lab[None, :]
+    ref_lab = lab if ref_labels is None else ref_labels[ref_pairs[:, 0]]
+    neg = lab[:, None] != ref_lab[None, :]
     g = torch.Generator().manual_seed(seed)
     if target == "hard_negative_points":
         w = torch.rand(P, T, generator=g).to(device)
         return w * neg.any(dim=1, keepdim=True)
-    w = torch.rand(P, P, generator=g).to(device)
+    w = torch.rand(P, ref_lab.shape[0], generator=g).to(device)
     return w * neg
 
 
@@ -182,6 +242,8 @@ def build_fn(cfg: Config, target: str, impl: str, labels, pairs):
     from ee_cuda import reference
 
     n = cfg.n
+    if cfg.memory:
+        return _build_memory_fn(cfg, target, impl, labels, pairs)
     if target == "gram":
         return lambda X: X @ X.T
     if target in OPS:
@@ -216,19 +278,43 @@ def build_fn(cfg: Config, target: str, impl: str, labels, pairs):
     return run_ref
 
 
+def _build_memory_fn(cfg, target, impl, labels, pairs):
+    """``fn((X, ref_X)) -> output`` of a memory-bank config; ``labels``, ``pairs`` are the pairs
+    ``(batch's, reference's)`` of ``setup_case``."""
+    import ee_cuda
+    from ee_cuda import reference
+
+    (lab, ref_lab), (pr, ref_pr), n = labels, pairs, cfg.n
+    if target == "gram":
+        return lambda XR: XR[0] @ XR[1].T
+    if impl == "fused":
+        op, be = getattr(ee_cuda, target), fused_backend()
+        return lambda XR: op(XR[0], pr, lab, n, ref_X=XR[1], ref_pairs=ref_pr, ref_labels=ref_lab, backend=be)
+    ref = getattr(reference, target)
+    if impl == "compiled":
+        ref = torch.compile(ref, dynamic=False)
+    return lambda XR: ref(XR[0], pr, lab, n, ref_X=XR[1], ref_pairs=ref_pr, ref_labels=ref_lab)
+
+
 def make_step(cfg, target, mode, fn, X, grad):
-    """The timed callable: ``step() -> (outputs, dX)``; returns the fresh input it differentiates."""
+    """The timed callable: ``step() -> (outputs, dX)``; returns the fresh input it differentiates.
+
+    ``X`` may be a tuple of tensors (a memory-bank config's ``(X, ref_X)``): forward+backward then
+    differentiates every one, and ``dX`` is the tuple of their gradients."""
     if mode == "fwd":
-        Xs = X.detach()
+        Xs = tuple(x.detach() for x in X) if isinstance(X, tuple) else X.detach()
 
         def step():
             with torch.no_grad():
                 return fn(Xs), None
         return step, Xs
-    Xg = X.detach().clone().requires_grad_(True)
+    if isinstance(X, tuple):
+        Xg = tuple(x.detach().clone().requires_grad_(True) for x in X)
+    else:
+        Xg = X.detach().clone().requires_grad_(True)
 
     def step_bwd():
-        Xg.grad = None
+        clear_grad(Xg)
         out = fn(Xg)
         if isinstance(out, tuple):
             torch.autograd.backward(out[0], grad)
@@ -236,11 +322,23 @@ def make_step(cfg, target, mode, fn, X, grad):
             torch.autograd.backward(out, grad)
         else:
             out.backward()
-        return out, Xg.grad
+        return out, (tuple(x.grad for x in Xg) if isinstance(Xg, tuple) else Xg.grad)
     return step_bwd, Xg
 
 
+def clear_grad(X):
+    """``X.grad = None`` for an input or a tuple of inputs (``make_step``'s)."""
+    for x in (X if isinstance(X, tuple) else (X,)):
+        x.grad = None
+
+
 def grad_for(cfg, target, labels, pairs, device):
+    if cfg.memory:
+        (lab, ref_lab), (pr, ref_pr) = labels, pairs
+        if target == "gram":
+            g = torch.Generator().manual_seed(2)
+            return torch.rand(cfg.B, cfg.M, generator=g).to(device)
+        return output_grad(cfg, target, lab, pr, device, ref_labels=ref_lab, ref_pairs=ref_pr)
     if target in OPS:
         return output_grad(cfg, target, labels, pairs, device)
     if target == "gram":
@@ -250,9 +348,14 @@ def grad_for(cfg, target, labels, pairs, device):
 
 
 def setup_case(cfg, target, device="cpu"):
+    """``(X, labels, pairs, output gradient)`` of a case; for a memory-bank config ``X``, ``labels`` and
+    ``pairs`` are the tuples ``(batch's, reference's)``."""
     from ee_cuda import reference
     X, labels = make_inputs(cfg, device)
     pairs = reference.positive_pairs(labels, target_pairs(cfg, target))
+    if cfg.memory:
+        ref_X, ref_labels, ref_pairs = make_ref_inputs(cfg, device)
+        X, labels, pairs = (X, ref_X), (labels, ref_labels), (pairs, ref_pairs)
     return X, labels, pairs, grad_for(cfg, target, labels, pairs, device)
 
 
@@ -268,6 +371,8 @@ def _detach(out):
 
 def snapshot(result):
     out, dx = result
+    if isinstance(dx, tuple):
+        return _detach(out), tuple(None if d is None else d.detach().clone() for d in dx)
     return _detach(out), (None if dx is None else dx.detach().clone())
 
 
@@ -276,7 +381,8 @@ def compare(expected, got, target, mode):
 
     Tolerances (float32): distances / loss values ``1e-4`` absolute+relative; indices identical except
     for at most 0.1% near-ties (whose distances agree); ``dX`` relative L2 error ``<= 1e-2`` (``1e-4``
-    when every index agrees). Returns a dict of the measured errors.
+    when every index agrees). Returns a dict of the measured errors. With a reference set ``dX`` is the
+    pair ``(dX, dref_X)``, each checked so (``rel_err_dX``, ``rel_err_dref_X``).
     """
     (eo, edx), (go, gdx) = expected, got
     info = {}
@@ -301,10 +407,13 @@ def compare(expected, got, target, mode):
             tol = 1e-3 * (1 + ev.abs().max().item())
         assert err <= tol, f"{target}: output error {err:.3g} > {tol:.3g}"
     if mode == "fwdbwd" and edx is not None and gdx is not None:
-        e, g = edx.double().cpu(), gdx.double().cpu()
-        rel = ((e - g).norm() / e.norm().clamp_min(1e-30)).item()
-        info["rel_err_dX"] = rel
-        assert math.isfinite(rel) and rel <= 1e-2, f"{target}: dX relative error {rel:.3g} > 1e-2"
+        names = ("dX", "dref_X") if isinstance(edx, tuple) else ("dX",)
+        for name, e, g in zip(names, edx if isinstance(edx, tuple) else (edx,),
+                              gdx if isinstance(gdx, tuple) else (gdx,)):
+            e, g = e.double().cpu(), g.double().cpu()
+            rel = ((e - g).norm() / e.norm().clamp_min(1e-30)).item()
+            info[f"rel_err_{name}"] = rel
+            assert math.isfinite(rel) and rel <= 1e-2, f"{target}: {name} relative error {rel:.3g} > 1e-2"
     return info
 
 
@@ -321,11 +430,23 @@ def ref_points(cfg: Config, target: str) -> int:
     return cfg.num_pairs(target_pairs(cfg, target)) * cfg.T
 
 
+def ref_candidates(cfg: Config) -> int:
+    """Columns of the reference's distance matrix with a reference set: the memory's augmented points."""
+    return cfg.num_ref_pairs() * cfg.T
+
+
 def est_ref_seconds(cfg, target, mode, seconds_per_unit=1.2e-10):
     """Rough seconds per call of the CPU reference: ``c · M² · D`` with ``M`` rows of its distance matrix.
 
-    Calibrated on the 2-core CPU of this project (W2 "all", M = 15360: about 14 s forward+backward).
+    Calibrated on the 2-core CPU of this project (W2 "all", M = 15360: about 14 s forward+backward). With a
+    reference set the matrix is ``M × (Q·T)`` and the memory's ``Q·T`` augmented points (and their backward)
+    cost as much again: ``c`` is about 4x (XBM M = 16384, n = 8: 17-26 s forward+backward on a loaded machine).
     """
+    if cfg.memory:
+        if target == "gram":
+            return 2e-10 * cfg.B * cfg.M * cfg.D * (3 if mode == "fwdbwd" else 1)
+        s = 4 * seconds_per_unit * ref_points(cfg, target) * ref_candidates(cfg) * max(cfg.D, 64)
+        return s if mode == "fwdbwd" else 0.4 * s
     if target == "gram":
         return 2e-10 * cfg.B * cfg.B * cfg.D
     M = ref_points(cfg, target)
@@ -335,7 +456,12 @@ def est_ref_seconds(cfg, target, mode, seconds_per_unit=1.2e-10):
 
 
 def est_ref_bytes(cfg, target, mode) -> int:
-    """Rough peak bytes of the reference: a few ``M × M`` float32 matrices alive at once."""
+    """Rough peak bytes of the reference: a few ``M × M`` float32 matrices alive at once (with a reference
+    set: a few ``M × Q·T`` ones and a few copies of the memory's ``Q·T × D`` augmented points)."""
+    if cfg.memory:
+        k = {"fwd": 2.5, "fwdbwd": 5.0}[mode]
+        cols = ref_candidates(cfg)
+        return int(k * ref_points(cfg, target) * cols * 4 + k * cols * cfg.D * 4)
     M = ref_points(cfg, target)
     k = {"fwd": 2.5, "fwdbwd": 5.0}[mode]
     if target == "HPHNTripletLoss":
@@ -348,6 +474,8 @@ def est_ref_bytes(cfg, target, mode) -> int:
 def fused_budget_bytes(cfg, target, mode, dtype_bytes=4) -> int:
     """``B×B`` Gram matrix plus the op's outputs (dist + int64 index); plus ``dX`` and the output
     gradient for forward+backward. For a loss: those of the op it runs on (its scalar output is free)."""
+    if cfg.memory:
+        return None   # the memory target is relative to the measured cross-Gram floor: see output_bytes
     op = {"HPHNTripletLoss": "hard_negative_points"}.get(target, target)
     if target in PAIR_LOSSES:
         op = "hard_negative_pairs"
@@ -364,6 +492,16 @@ def fused_budget_bytes(cfg, target, mode, dtype_bytes=4) -> int:
     if mode == "fwdbwd":
         total += cells * dtype_bytes + cfg.B * cfg.D * dtype_bytes
     return total
+
+
+def output_bytes(cfg, target, dtype_bytes=4) -> int:
+    """Bytes of an op's outputs: ``dist`` plus the int64 ``index`` pairs (``(P, T)`` for points, ``(P, Q)``
+    for pairs, ``Q`` the reference's pairs); 0 for the floor."""
+    if target not in OPS:
+        return 0
+    P = cfg.num_pairs(target_pairs(cfg, target))
+    cells = P * (cfg.T if target == "hard_negative_points" else cfg.num_ref_pairs())
+    return cells * (dtype_bytes + 16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -562,10 +700,13 @@ class Case:
 
     def record(self):
         c = self.cfg
-        return dict(id=self.id, config=c.name, group=c.group, B=c.B, D=c.D, n=c.n, classes=c.classes,
-                    per_class=c.per_class, pairs=target_pairs(c, self.target), config_pairs=c.pairs,
-                    target=self.target, kind=self.kind, impl=self.impl, mode=self.mode,
-                    priority=self.priority, planned_s=round(self.est_s, 2))
+        rec = dict(id=self.id, config=c.name, group=c.group, B=c.B, D=c.D, n=c.n, classes=c.classes,
+                   per_class=c.per_class, pairs=target_pairs(c, self.target), config_pairs=c.pairs,
+                   target=self.target, kind=self.kind, impl=self.impl, mode=self.mode,
+                   priority=self.priority, planned_s=round(self.est_s, 2))
+        if c.memory:
+            rec.update(M=c.M, ref_classes=c.ref_classes, ref_grad=True, output_bytes=output_bytes(c, self.target))
+        return rec
 
 
 def timing_plan(t_call, impl):
@@ -595,6 +736,8 @@ def est_fused_seconds(cfg, target):
     if target == "gram":
         return est_ref_seconds(cfg, "gram", "fwd")
     P = cfg.B if target == "HPHNTripletLoss" else cfg.num_pairs(target_pairs(cfg, target))
+    if cfg.memory:   # the cross-Gram, its two backward products, and the scan of P·T × Q·T candidates
+        return 6e-10 * cfg.B * cfg.M * cfg.D + 2e-9 * P * cfg.T * ref_candidates(cfg)
     return 2e-10 * cfg.B * cfg.B * cfg.D + 6e-9 * (P * cfg.T) ** 2
 
 
@@ -614,11 +757,14 @@ REQUIRED_PRIORITY = 2   # cases at or below this priority run whatever the budge
 
 
 def _priority(case):
-    """0: fused and the Gram floor (always). 1: the reference forward+backward on W1, W1b, W2 and the n
-    sweep of the ops. 2: the compiled reference forward+backward on W2. Then the rest, by use."""
+    """0: fused and the Gram floor (always). 1: the reference forward+backward on W1, W1b, W2, the n
+    sweep of the ops and the memory-bank case. 2: the compiled reference forward+backward on W2 and the
+    memory-bank case. Then the rest, by use."""
     c, impl, mode = case.cfg, case.impl, case.mode
     if impl in ("fused", "torch"):
         return 0
+    if c.memory:   # selected on purpose (workload XBM): its targets need the eager rows, the table both
+        return 1 if impl == "eager" else 2
     ref = impl == "eager"
     op = case.kind == "op"
     if ref and est_ref_seconds(c, case.target, mode) <= 1.0:
@@ -654,7 +800,7 @@ def build_plan(configs, targets=None, impls=IMPLS, modes=MODES, budget_s=600.0, 
         for target in targets_for(cfg):
             if targets is not None and target not in targets:
                 continue
-            key = (cfg.key(), target) if target in OPS else ((cfg.B, cfg.D, cfg.n, cfg.classes, cfg.per_class), target)
+            key = (cfg.key(), target) if target in OPS else (cfg.shape_key(), target)
             if key in seen:   # a sweep point equal to a workload: the report reuses the workload's row
                 continue
             seen.add(key)

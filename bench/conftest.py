@@ -17,7 +17,13 @@ per call is skipped as "OOM/over budget". Cases run in priority order. Each case
 2. measures the peak extra memory of one call (``benchlib.RSSMeter``: high-water mark of the resident
    set above the baseline, reset through ``/proc/self/clear_refs``);
 3. times rounds with ``benchmark.pedantic`` (median reported); a reference case also times the fused op
-   on the same inputs just before and just after (``fused_alongside_s``, what the speed-up targets use).
+   on the same inputs just before and just after (``fused_alongside_s``, what the speed-up targets use), and
+   a fused case of the memory-bank workload times its floor, the cross-Gram ``X @ ref_X.T`` forward+backward,
+   so (``floor_alongside_s``, what its floor target uses).
+
+The memory-bank case (a reference set of ``M`` rows, ``benchlib.MEMORY``) is the workload ``XBM``, not in
+the default ``--bench-workloads``: ``pytest bench/bench_ops.py --benchmark-only --bench-workloads XBM
+--bench-no-sweeps`` runs it alone (2.5 to 6.5 minutes on the project's 2-core CPU, most of it the reference).
 
 All outcomes, skips included (with the reason), go to a JSON file next to ``--benchmark-json``
 (``<name>.cases.json``) or to ``--bench-cases-json``; ``python bench/report.py`` turns both into
@@ -60,7 +66,9 @@ def pytest_addoption(parser):
     g.addoption("--bench-max-gib", type=float, default=6.0,
                 help="skip reference cases whose memory is predicted larger (GiB); the machine has 24")
     g.addoption("--bench-quick", action="store_true", help="tiny shapes, to smoke-test the harness")
-    g.addoption("--bench-workloads", default="W1,W1b,W2", help="comma-separated workloads (docs/design.md §12)")
+    g.addoption("--bench-workloads", default="W1,W1b,W2",
+                help="comma-separated workloads (docs/design.md §12), and XBM: the memory-bank case (a reference "
+                     "set of 4096 / 16384 rows; not in the default, its reference cases take minutes)")
     g.addoption("--bench-no-sweeps", action="store_true", help="only the workloads, no n / B sweeps")
     g.addoption("--bench-impls", default="fused,eager,compiled", help="comma-separated implementations")
     g.addoption("--bench-threads", type=int, default=1,
@@ -81,7 +89,10 @@ def _in_bench_run(config):
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and _in_bench_run(parent.config):
+    # A file named on the command line (``pytest bench/bench_ops.py``) is collected by pytest itself, whatever
+    # its name: collecting it here too would run every case twice.
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_") and _in_bench_run(parent.config)
+            and not parent.session.isinitpath(file_path)):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
@@ -99,10 +110,11 @@ def pytest_configure(config):
     _STATE["load_start"] = os.getloadavg()
     start = bl.machine_info("cpu")   # the tree the run starts from (a commit landing mid-run must not relabel it)
     _STATE["git_start"] = {k: start.get(k) for k in ("git_commit", "git_dirty", "ee_cuda_lib_mtime_utc")}
+    workloads = [w for w in config.getoption("bench_workloads").split(",") if w]
     if config.getoption("bench_quick"):
-        configs = bl.quick_configs()
+        configs = bl.quick_configs() + (bl.quick_memory_configs() if "XBM" in workloads else [])
     else:
-        configs = bl.workload_configs([w for w in config.getoption("bench_workloads").split(",") if w], "cpu")
+        configs = bl.workload_configs(workloads, "cpu")
         if not config.getoption("bench_no_sweeps"):
             configs += bl.sweep_configs()
     impls = tuple(i for i in config.getoption("bench_impls").split(",") if i)
@@ -290,13 +302,15 @@ def _run(benchmark, case, meter):
     # reference's, and a ratio of timings taken minutes apart measures the drift as well as the code.
     fused_step = alongside_step(case, X, labels, pairs, grad) if impl in ("eager", "compiled") else None
     alongside = alongside_calls(fused_step) if fused_step is not None else None
+    floor_step = floor_alongside_step(case) if impl == "fused" else None
+    floor_alongside = alongside_calls(floor_step) if floor_step is not None else None
     peak = {"bytes": None}
 
     def start_meter():
         # The previous call's dX is released before the meter starts, as zero_grad(set_to_none=True) does
         # before a training step's forward: else whether its release returns pages to the OS (it does when
         # the allocator happens to hold it at the top of the heap) swings the peak by dX's bytes.
-        X_in.grad = None
+        bl.clear_grad(X_in)
         meter.start()
 
     if iterations > 1 or t_call < 0.5:
@@ -324,10 +338,12 @@ def _run(benchmark, case, meter):
     if slow_eager:
         check(result)
     del result
-    fused_alongside_s = None
+    fused_alongside_s = floor_alongside_s = None
     if alongside is not None:
         fused_alongside_s = statistics.median(alongside + alongside_calls(fused_step))
-    del fused_step
+    if floor_alongside is not None:
+        floor_alongside_s = statistics.median(floor_alongside + alongside_calls(floor_step))
+    del fused_step, floor_step
     stats = getattr(benchmark, "stats", None)
     median = None
     if stats is not None and getattr(stats, "stats", None) is not None:
@@ -337,6 +353,8 @@ def _run(benchmark, case, meter):
     extra = dict(case.record(), rounds=rounds, iterations=iterations,
                  first_call_s=t_first, peak_bytes=peak["bytes"], budget_bytes=budget,
                  est_ref_s=est, fused_alongside_s=fused_alongside_s, **info)
+    if floor_alongside_s is not None:
+        extra["floor_alongside_s"] = floor_alongside_s
     benchmark.extra_info.update(extra)
     _record(case, status="ok", median_s=median, **{k: v for k, v in extra.items() if k not in case.record()})
 
@@ -352,6 +370,21 @@ def alongside_step(case, X, labels, pairs, grad):
     fn = bl.build_fn(case.cfg, case.target, "fused", labels, pairs)
     step, _ = bl.make_step(case.cfg, case.target, case.mode, fn, X, grad)
     return step
+
+
+def floor_alongside_step(case):
+    """The floor's timed callable (the cross-Gram ``X @ ref_X.T`` forward+backward, on its own inputs) for a
+    fused case of the memory-bank workload, whose floor target compares the two side by side; else None."""
+    if not case.cfg.memory or case.mode != "fwdbwd":
+        return None
+    X, labels, pairs, grad = bl.setup_case(case.cfg, "gram")
+    fn = bl.build_fn(case.cfg, "gram", "eager", labels, pairs)
+    step, X_in = bl.make_step(case.cfg, "gram", "fwdbwd", fn, X, grad)
+
+    def floor():
+        step()
+        bl.clear_grad(X_in)   # its dX, dref_X released, as the case's own between calls
+    return floor
 
 
 def alongside_calls(step):

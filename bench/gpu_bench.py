@@ -1,12 +1,16 @@
-"""Stand-alone GPU benchmark of ee_cuda (no pytest): docs/design.md §12: W1, W1b, W2, W3 on CUDA.
+"""Stand-alone GPU benchmark of ee_cuda (no pytest): docs/design.md §12: W1, W1b, W2, W3 on CUDA, and XBM.
 
-    python bench/gpu_bench.py [--device cuda] [--workloads W1,W1b,W2,W3] [--losses] [--budget-s 240]
+    python bench/gpu_bench.py [--device cuda] [--workloads W1,W1b,W2,W3,XBM] [--losses] [--budget-s 240]
                               [--json PATH] [--quick]
     python bench/gpu_bench.py --print PATH      # the short table of an earlier run
 
 For every workload and pair layout, ``hard_negative_points`` and ``hard_negative_pairs`` (and with
 ``--losses`` the five losses), forward and forward+backward: fused vs the pure-PyTorch reference eager vs
-the reference under ``torch.compile``, plus one float32 ``X @ X.T`` as the floor. Each case is checked
+the reference under ``torch.compile``, plus one float32 ``X @ X.T`` as the floor. The workload ``XBM`` is
+the memory-bank case (``benchlib.MEMORY``: the ops against a reference set of 4096 / 16384 rows, forward+backward
+with gradients to ``X`` and ``ref_X``, the cross-Gram ``X @ ref_X.T`` as the floor); its fused cases and floor
+come after the workloads' fused ones, its reference cases after the workloads' compiled forward+backward
+(eager) or last (compiled). Each case is checked
 against the fused result before timing (``benchlib.compare``), warmed up (compiled in that call), then
 timed with CUDA events (median of rounds). Peak memory: ``torch.cuda.max_memory_allocated`` above the
 memory allocated before the call. Out of memory (raised, or predicted from the reference's
@@ -91,6 +95,9 @@ class Runner:
         rec = dict(config=cfg.name, B=cfg.B, D=cfg.D, n=cfg.n, classes=cfg.classes, per_class=cfg.per_class,
                    pairs=bl.target_pairs(cfg, target), target=target, impl=impl, mode=mode, time_s=None,
                    oom=False, peak_bytes=None, status="ok")
+        if cfg.memory:
+            rec.update(M=cfg.M, ref_classes=cfg.ref_classes, ref_grad=mode == "fwdbwd",
+                       output_bytes=bl.output_bytes(cfg, target))
         self.results.append(rec)
         need_s = {"compiled": 45.0, "eager": 8.0}.get(impl, 2.0)
         if self.left() < need_s:
@@ -190,6 +197,8 @@ def plan(args, device):
     first)."""
     if args.quick:
         configs = [c for c in bl.quick_configs() if c.group == "workload"]
+        if "XBM" in args.workloads.split(","):
+            configs += bl.quick_memory_configs()
     else:
         configs = bl.workload_configs(args.workloads.split(","), "cuda" if device.type == "cuda" else "cpu")
         if device.type != "cuda":
@@ -203,11 +212,14 @@ def plan(args, device):
         for t in bl.targets_for(cfg):
             if t not in targets and t != "gram":
                 continue
-            for mode in ("fwdbwd", "fwd"):
+            for mode in (("fwdbwd",) if cfg.memory else ("fwdbwd", "fwd")):
                 if t == "gram":
-                    tiers.append((0, cfg, t, "torch", mode))
+                    tiers.append((1 if cfg.memory else 0, cfg, t, "torch", mode))
                     continue
                 for impl in impls:
+                    if cfg.memory:
+                        tiers.append(({"fused": 1, "eager": 5}.get(impl, 11), cfg, t, impl, mode))
+                        continue
                     loss = t in bl.LOSSES
                     if impl == "fused":
                         tier = 1 if loss else 0
@@ -274,7 +286,8 @@ def table(results, launches=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--workloads", default="W1,W1b,W2,W3")
+    ap.add_argument("--workloads", default="W1,W1b,W2,W3,XBM",
+                    help="comma-separated workloads (docs/design.md §12) and XBM, the memory-bank case")
     ap.add_argument("--impls", default="fused,eager,compiled")
     ap.add_argument("--losses", action="store_true", help="also the five losses (after the ops)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (to test the script)")

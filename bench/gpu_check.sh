@@ -13,8 +13,9 @@
 #   memcheck  compute-sanitizer --tool memcheck  python bench/sanitize_case.py   (if the tool exists)
 #   racecheck compute-sanitizer --tool racecheck python bench/sanitize_case.py   (if the tool exists)
 #             both instrument only this extension's kernels (names start with ee_cuda_), not torch's
-#   bench     python bench/gpu_bench.py: W3's fused cases and floor first, then W1, W1b, W2; fused vs
-#             reference eager vs torch.compile, fwd and fwd+bwd, peak memory, kernel launches per op call
+#   bench     python bench/gpu_bench.py: W3's fused cases and floor first, then W1, W1b, W2 and XBM (the
+#             memory-bank case, fwd+bwd); fused vs reference eager vs torch.compile, fwd and fwd+bwd, peak
+#             memory, kernel launches per op call
 # Then a summary of the stages and the benchmark's short table, printed last.
 #
 # Environment: OUT (results folder; default $TMPDIR/ee_gpu_check), EE_GPU_CHECK_BUDGET (total seconds,

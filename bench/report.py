@@ -1,11 +1,14 @@
 """Turn the benchmark JSON into ``docs/benchmarks.md`` and the plots ``docs/bench_*.png``.
 
     python bench/report.py [--bench-json docs/benchmarks/cpu.json] [--cases docs/benchmarks/cpu.cases.json]
-                           [--gpu docs/benchmarks/gpu.json] [--out docs/benchmarks.md] [--png-dir docs]
+                           [--memory-json docs/benchmarks/memory.json] [--gpu docs/benchmarks/gpu.json]
+                           [--out docs/benchmarks.md] [--png-dir docs]
 
 Inputs: the pytest-benchmark JSON (``--benchmark-json`` of ``pytest bench/ --benchmark-only``; timings),
 the case file the suite writes beside it (``*.cases.json``: every planned case, its status or skip reason,
-peak memory, correctness check, machine), and optionally the GPU results of ``bench/gpu_bench.py``.
+peak memory, correctness check, machine), optionally the same two files of a run of the memory-bank
+workload (``--bench-workloads XBM``; its own run, since it is not in the suite's default), and optionally
+the GPU results of ``bench/gpu_bench.py``.
 Every number in the report comes from these files; nothing is typed by hand.
 """
 from __future__ import annotations
@@ -20,22 +23,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from benchlib import (LOSSES, OPS, PAIR_LOSSES, SWEEP_B, SWEEP_N, WORKLOADS, fmt_bytes,  # noqa: E402
-                      fmt_time)
+from benchlib import (LOSSES, MEMORY, MEMORY_TARGET_M, OPS, PAIR_LOSSES, SWEEP_B, SWEEP_N,  # noqa: E402
+                      WORKLOADS, fmt_bytes, fmt_time)
 
 SHORT = {"hard_negative_points": "points", "hard_negative_pairs": "pairs", "HPHNTripletLoss": "HPHN",
          "TripletLoss": "Triplet", "LiftedStructureLoss": "Lifted", "NPairLoss": "N-pair",
          "MultiSimilarityLoss": "MS", "gram": "X@Xᵀ"}
 W_TARGET = {"W1": 5.0, "W1b": 5.0, "W2": 50.0}   # speed-up targets of the issues (eager reference / fused)
 MEM_TARGET = 1.5
+# Memory-bank targets (issue 17), at M = MEMORY_TARGET_M: fused forward+backward within FLOOR_TARGET× the
+# cross-Gram floor's (every n); at least XBM_SPEEDUP× the eager reference at n = XBM_SPEEDUP_N; fused peak
+# extra memory within MEM_TARGET× the floor's peak plus the op's outputs.
+FLOOR_TARGET = 2.0
+XBM_SPEEDUP, XBM_SPEEDUP_N = 10.0, 8
 
 
 def load(args):
-    with open(args.cases) as f:
+    return load_files(args.bench_json, args.cases)
+
+
+def load_files(bench_json, cases_json):
+    with open(cases_json) as f:
         cases = json.load(f)
     stats = {}
-    if os.path.exists(args.bench_json):
-        with open(args.bench_json) as f:
+    if os.path.exists(bench_json):
+        with open(bench_json) as f:
             bj = json.load(f)
         for b in bj.get("benchmarks", []):
             cid = b.get("extra_info", {}).get("id")
@@ -57,6 +69,8 @@ class Index:
     def __init__(self, recs):
         self.by = {}
         for r in recs:
+            if r.get("M"):   # the memory-bank case: its own section (memory_section)
+                continue
             self.by[self._key(r["B"], r["D"], r["n"], r["classes"], r["per_class"], r["target"],
                               r.get("config_pairs"), r["impl"], r["mode"])] = r
 
@@ -447,53 +461,10 @@ def _load(x):
     return "/".join(f"{v:.1f}" for v in x) if x else "?"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench-json", default=os.path.join(ROOT, "docs", "benchmarks", "cpu.json"))
-    ap.add_argument("--cases", default=None, help="default: <bench-json without .json>.cases.json")
-    ap.add_argument("--gpu", default=os.path.join(ROOT, "docs", "benchmarks", "gpu.json"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
-    ap.add_argument("--png-dir", default=os.path.join(ROOT, "docs"))
-    ap.add_argument("--note", default=None, help="a sentence added under the title (e.g. what is missing)")
-    args = ap.parse_args(argv)
-    if args.cases is None:
-        args.cases = os.path.splitext(args.bench_json)[0] + ".cases.json"
-    cases, recs = load(args)
-    index = Index(recs)
-    m = cases["machine"]
-    fb_table, fb_rows = table_workloads(index, "fwdbwd")
-    fw_table, _ = table_workloads(index, "fwd")
-    tgt_table, verdicts = targets_section(fb_rows)
-    n_table, series_n = sweep_table(index, "n")
-    B_table, series_B = sweep_table(index, "B")
-    os.makedirs(args.png_dir, exist_ok=True)
-    pngs = plots(series_n, series_B, args.png_dir)
-    rel = os.path.relpath(args.png_dir, os.path.dirname(os.path.abspath(args.out)))
-    n_ok = sum(1 for r in recs if r.get("status") == "ok")
-    n_skip = sum(1 for r in recs if r.get("status") != "ok")
-    met = [v for v in verdicts if v is not None]
-    bench_rel = os.path.relpath(args.bench_json, ROOT)
-    cases_rel = os.path.relpath(args.cases, ROOT)
+def machine_lines(m):
+    """The machine, threads and software bullets of a run's ``machine`` record."""
     info = m.get("ee_cuda_build_info", {})
-    lines = [
-        "# Benchmarks",
-        "",
-        "<!-- Generated by `python bench/report.py` from "
-        f"`{bench_rel}` and `{cases_rel}`; do not edit by hand. -->",
-        "",
-    ]
-    if args.note:
-        lines += [args.note, ""]
-    lines += [
-        "Fused kernels of `ee_cuda` against the plain pure-PyTorch reference (materialized augmented points and "
-        "the full distance matrix), eager and under `torch.compile`, on the workloads of "
-        "[design §12](design.md#12-benchmark-workloads) and sweeps of `n` and `B`. All numbers below come from one run:",
-        "",
-        "```",
-        f"{m.get('command')}",
-        "python bench/report.py",
-        "```",
-        "",
+    return [
         f"- Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count')} cores, {m.get('mem_total_gib')} GiB RAM, "
         f"{m.get('platform')}; shared with other jobs (load average {_load(m.get('loadavg_start'))} at the start, "
         f"{_load(m.get('loadavg_end'))} at the end), so single timings are noisy — the ratios are medians measured "
@@ -510,6 +481,215 @@ def main(argv=None):
         + ("" if m.get("ee_cuda_path", "ee_cuda") == "ee_cuda" else
            " The package was imported from a copy of the working tree outside the repository (via `PYTHONPATH`), "
            "so that a rebuild during the run could not replace the library under it."),
+    ]
+
+
+def memory_records(path, main_recs):
+    """The memory-bank case's records and machine: from its own run's files when they exist, else from the
+    main run (when it included the workload XBM). ``(None, [])`` when neither has any."""
+    if path and os.path.exists(os.path.splitext(path)[0] + ".cases.json"):
+        cases, recs = load_files(path, os.path.splitext(path)[0] + ".cases.json")
+        return cases, [r for r in recs if r.get("M")]
+    recs = [r for r in main_recs if r.get("M")]
+    return (None, recs) if recs else (None, [])
+
+
+def verdict(met):
+    return "—" if met is None else ("yes" if met else "**no**")
+
+
+def memory_section(path, main_cases, main_recs):
+    """The memory-bank case (a reference set of M rows): table, targets, command and machine."""
+    cases, recs = memory_records(path, main_recs)
+    w = MEMORY
+    if not recs:
+        return ("No memory-bank results in this report. Run `pytest bench/bench_ops.py --benchmark-only "
+                "--bench-workloads XBM --bench-no-sweeps --benchmark-json=docs/benchmarks/memory.json` and "
+                "rerun `python bench/report.py`."), []
+    cases = cases or main_cases
+    m = cases["machine"]
+    by = {(r["M"], r["n"], r["target"], r["impl"]): r for r in recs if r["mode"] == "fwdbwd"}
+    Ms = sorted({r["M"] for r in recs})
+    ns = sorted({r["n"] for r in recs})
+    any_rec = recs[0]
+    B, D, classes, K = any_rec["B"], any_rec["D"], any_rec["classes"], any_rec["per_class"]
+    C = any_rec.get("ref_classes") or w["dataset_classes"]
+    times = {1: "once", 2: "twice"}
+    repeats = ", ".join(f"{M // 2} distinct classes at M={M}" if M // 2 <= C
+                        else f"every class {times.get((M // 2) // C, f'{(M // 2) // C} times')} at M={M}"
+                        if (M // 2) % C == 0 else f"every class about {(M // 2) / C:.1f} times at M={M}"
+                        for M in Ms)
+
+    def floor_of(M, n, f):
+        """The floor's time for the fused case f: timed alongside it, else the floor's own case."""
+        g = by.get((M, n, "gram", "torch"))
+        alongside = (f or {}).get("floor_alongside_s") if median(f) is not None else None
+        return alongside, median(g), g
+
+    table = ["| M | n | op | fused | eager ref. | compiled ref. | X@ref_Xᵀ floor | fused / floor | eager / fused "
+             "| compiled / fused | peak mem fused | eager | compiled | floor | fused / (floor + outputs) "
+             "| reference matrix |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    checks, verdicts = [], []
+    for M in Ms:
+        for n in ns:
+            for t in OPS:
+                f, e, c = (by.get((M, n, t, impl)) for impl in ("fused", "eager", "compiled"))
+                if f is None and e is None and c is None:
+                    continue
+                fl_along, fl_own, g = floor_of(M, n, f)
+                mf = median(f)
+                x_floor = ratio(mf, fl_along) if fl_along else ratio(mf, fl_own)
+                sep_floor = ratio(mf, fl_own)
+                speed = {}
+                for impl, rec in (("eager", e), ("compiled", c)):
+                    along = (rec or {}).get("fused_alongside_s") if median(rec) is not None else None
+                    speed[impl] = (ratio(median(rec), along) if along else ratio(median(rec), mf),
+                                   ratio(median(rec), mf))
+                out_b = (f or e or c).get("output_bytes") or 0
+                budget = peak(g) + out_b if peak(g) is not None else None
+                mem_x = ratio(peak(f), budget)
+                P, Q, T = B // 2, M // 2, n + 2
+                table.append("| " + " | ".join([
+                    str(M), str(n), SHORT[t], cell_time(f), cell_time(e), cell_time(c), cell_time(g),
+                    fmt_ratio(x_floor), fmt_ratio(speed["eager"][0]), fmt_ratio(speed["compiled"][0]),
+                    fmt_bytes(peak(f)), fmt_bytes(peak(e)), fmt_bytes(peak(c)), fmt_bytes(peak(g)),
+                    "—" if mem_x is None else f"{mem_x:.2f} (of {fmt_bytes(budget)})",
+                    f"{P * T}×{Q * T}: {fmt_bytes(P * T * Q * T * 4)}"]) + " |")
+                if M != MEMORY_TARGET_M:
+                    continue
+                met = None if x_floor is None else x_floor <= FLOOR_TARGET
+                shown = "—" if x_floor is None else fmt_ratio(x_floor) + (
+                    f" ({fmt_ratio(sep_floor)} against the floor case)" if fl_along and sep_floor else "")
+                verdicts.append(met)
+                checks.append(f"| fused / cross-Gram floor (fwd+bwd) | {M} | {n} | {SHORT[t]} | {shown} | "
+                              f"≤ {FLOOR_TARGET:.0f}× | {verdict(met)} |")
+                if n == XBM_SPEEDUP_N:
+                    x, sep = speed["eager"]
+                    met = None if x is None else x >= XBM_SPEEDUP
+                    shown = cell_time(e) if x is None else fmt_ratio(x) + (
+                        f" ({fmt_ratio(sep)} against the fused case)" if (e or {}).get("fused_alongside_s")
+                        and sep is not None else "")
+                    verdicts.append(met)
+                    checks.append(f"| speed-up vs eager reference (fwd+bwd) | {M} | {n} | {SHORT[t]} | {shown} | "
+                                  f"≥ {XBM_SPEEDUP:.0f}× | {verdict(met)} |")
+                met = None if mem_x is None else mem_x <= MEM_TARGET
+                shown = "—" if mem_x is None else (f"{mem_x:.2f} ({fmt_bytes(peak(f))} of {fmt_bytes(peak(g))} + "
+                                                   f"{fmt_bytes(out_b)})")
+                verdicts.append(met)
+                checks.append(f"| fused peak extra memory / (floor peak + outputs) | {M} | {n} | {SHORT[t]} | "
+                              f"{shown} | ≤ {MEM_TARGET} | {verdict(met)} |")
+    met = [v for v in verdicts if v is not None]
+    n_ok = sum(1 for r in recs if r.get("status") == "ok")
+    skipped = [r for r in recs if r.get("status") != "ok"]
+    out = [
+        f"The searches against a reference set (`ref_X`, `ref_pairs`, `ref_labels`: a memory bank, as in XBM), "
+        f"fused vs the pure-PyTorch twin (`ee_cuda.reference.<op>(..., ref_X=...)`: all `(n+2)·P` query points and "
+        f"`(n+2)·Q` reference points materialized, and the full distance matrix between them), eager and under "
+        f"`torch.compile`, against the floor: the cross-Gram `X @ ref_X.T` forward+backward (the forward product "
+        f"and its two backward ones, `dX = dG ref_X` and `dref_X = dGᵀ X`, against a fixed random `B×M` output "
+        f"gradient), which the fused kernel pays as well. Batch: B={B}, D={D}, {classes} classes × {K} (a PK sampler "
+        f"with K={K}), adjacent pairs (P={B // 2}); memory: M ∈ {{{', '.join(str(v) for v in Ms)}}} rows in the "
+        f"adjacent layout (Q = M/2 pairs) labelled from {C} classes in a seeded random order "
+        f"({repeats}; the batch's {classes} classes are among them, as in XBM, "
+        f"whose memory holds the current batch); rows L2-normalized random normal, float32, CPU. "
+        f"Forward+backward differentiates `dist` against a fixed random gradient (zero where `dist = inf`) with "
+        f"**both `X` and `ref_X` requiring grad** (in XBM the memory is detached; that variant is not measured "
+        f"here), so the floor has both backward products too. Every case is checked against the "
+        f"fused result first (`dX` and `dref_X` relative error ≤ 1e-2). Each fused case times the floor alongside "
+        f"(5 calls just before its rounds and 5 just after), and each reference case the fused op, as for the "
+        f"targets above.",
+        "",
+        "```",
+        f"{m.get('command')}",
+        "python bench/report.py",
+        "```",
+        "",
+        *machine_lines(m),
+        f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {len(skipped)} skipped. "
+        f"Targets met: {sum(1 for v in met if v)} of {len(met)} checked.",
+        "",
+        f"Targets at M={MEMORY_TARGET_M}: fused forward+backward within {FLOOR_TARGET:.0f}× the floor's (every n; "
+        f"the floor timed alongside the fused case, in brackets the ratio against the floor's own case), at "
+        f"n={XBM_SPEEDUP_N} at least {XBM_SPEEDUP:.0f}× faster than the eager reference (timed alongside, as above), "
+        f"and fused peak extra memory within {MEM_TARGET}× the floor's peak (its `B×M` product and the two "
+        f"gradients) plus the op's outputs (`dist` + int64 `index`).",
+        "",
+        "| check | M | n | target | measured | goal | met |",
+        "|---|---|---|---|---|---|---|",
+        *checks,
+        "",
+        "Forward + backward, median; ratios of the fused op to the floor as in the targets (timed alongside), "
+        "reference / fused against the fused op timed alongside; the reference matrix is its `(P·T) × (Q·T)` "
+        "float32 distance matrix.",
+        "",
+        *table,
+    ]
+    if skipped:
+        out += ["", "Skipped: " + "; ".join(f"`{r['id']}` ({r.get('reason') or r.get('status')})" for r in skipped)
+                + "."]
+    return "\n".join(out), verdicts
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench-json", default=os.path.join(ROOT, "docs", "benchmarks", "cpu.json"))
+    ap.add_argument("--cases", default=None, help="default: <bench-json without .json>.cases.json")
+    ap.add_argument("--memory-json", default=os.path.join(ROOT, "docs", "benchmarks", "memory.json"),
+                    help="pytest-benchmark JSON of the memory-bank run (its cases file beside it); when missing, "
+                         "the memory-bank records of the main run, if any")
+    ap.add_argument("--gpu", default=os.path.join(ROOT, "docs", "benchmarks", "gpu.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--png-dir", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--note", default=None, help="a sentence added under the title (e.g. what is missing)")
+    args = ap.parse_args(argv)
+    if args.cases is None:
+        args.cases = os.path.splitext(args.bench_json)[0] + ".cases.json"
+    cases, recs = load(args)
+    index = Index(recs)
+    m = cases["machine"]
+    fb_table, fb_rows = table_workloads(index, "fwdbwd")
+    fw_table, _ = table_workloads(index, "fwd")
+    tgt_table, verdicts = targets_section(fb_rows)
+    mem_text, _ = memory_section(args.memory_json, cases, recs)
+    mem_own_run = memory_records(args.memory_json, [])[0] is not None
+    recs = [r for r in recs if not r.get("M")]   # the memory-bank case is reported in its own section
+    n_table, series_n = sweep_table(index, "n")
+    B_table, series_B = sweep_table(index, "B")
+    os.makedirs(args.png_dir, exist_ok=True)
+    pngs = plots(series_n, series_B, args.png_dir)
+    rel = os.path.relpath(args.png_dir, os.path.dirname(os.path.abspath(args.out)))
+    n_ok = sum(1 for r in recs if r.get("status") == "ok")
+    n_skip = sum(1 for r in recs if r.get("status") != "ok")
+    met = [v for v in verdicts if v is not None]
+    bench_rel = os.path.relpath(args.bench_json, ROOT)
+    cases_rel = os.path.relpath(args.cases, ROOT)
+    mem_rel = (os.path.relpath(args.memory_json, ROOT), os.path.relpath(os.path.splitext(args.memory_json)[0]
+                                                                          + ".cases.json", ROOT))
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `python bench/report.py` from "
+        f"`{bench_rel}` and `{cases_rel}`"
+        + (f" (the memory-bank section from `{mem_rel[0]}` and `{mem_rel[1]}`)" if mem_own_run else "")
+        + "; do not edit by hand. -->",
+        "",
+    ]
+    if args.note:
+        lines += [args.note, ""]
+    lines += [
+        "Fused kernels of `ee_cuda` against the plain pure-PyTorch reference (materialized augmented points and "
+        "the full distance matrix), eager and under `torch.compile`, on the workloads of "
+        "[design §12](design.md#12-benchmark-workloads) and sweeps of `n` and `B`"
+        + (", and on a memory bank (a reference set, from its own run: see [its section](#memory-bank-reference-set)). "
+           "All other numbers below come from one run:" if mem_own_run else ". All numbers below come from one run:"),
+        "",
+        "```",
+        f"{m.get('command')}",
+        "python bench/report.py",
+        "```",
+        "",
+        *machine_lines(m),
         f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {n_skip} skipped "
         f"(listed at the end, with the reason). Targets met: {sum(1 for v in met if v)} of {len(met)} checked.",
         "",
@@ -555,6 +735,10 @@ def main(argv=None):
         f"![time vs B]({rel}/bench_time_vs_B.png)",
         "",
         f"![memory vs B]({rel}/bench_mem_vs_B.png)",
+        "",
+        "## Memory bank (reference set)",
+        "",
+        mem_text,
         "",
         "## GPU",
         "",
