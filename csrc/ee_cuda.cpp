@@ -24,15 +24,16 @@ TORCH_LIBRARY(ee_cuda, m) {
   m.def(
       "hard_negative_pairs_ref(Tensor X, Tensor pairs, Tensor labels, Tensor ref_X, Tensor ref_pairs, "
       "Tensor ref_labels, int n_inner, bool normalize) -> (Tensor, Tensor)");
+  // The backward ops return (dX, dref_X); dref_X is (0, D) when ref_grad is false (a detached memory bank).
   m.def(
       "hard_negative_pairs_ref_backward(Tensor grad, Tensor X, Tensor pairs, Tensor ref_X, Tensor ref_pairs, "
-      "Tensor dist, Tensor index, int n_inner, bool normalize) -> (Tensor, Tensor)");
+      "Tensor dist, Tensor index, int n_inner, bool normalize, bool ref_grad) -> (Tensor, Tensor)");
   m.def(
       "hard_negative_points_ref(Tensor X, Tensor pairs, Tensor labels, Tensor ref_X, Tensor ref_pairs, "
       "Tensor ref_labels, int n_inner, bool normalize) -> (Tensor, Tensor)");
   m.def(
       "hard_negative_points_ref_backward(Tensor grad, Tensor X, Tensor pairs, Tensor ref_X, Tensor ref_pairs, "
-      "Tensor dist, Tensor index, int n_inner, bool normalize) -> (Tensor, Tensor)");
+      "Tensor dist, Tensor index, int n_inner, bool normalize, bool ref_grad) -> (Tensor, Tensor)");
   // Test-only (CPU): the CUDA kernels' tiles and per-output atomic scatter, emulated on the CPU.
   m.def(
       "search_tiles_emulated(Tensor X, Tensor pairs, Tensor labels, int n_inner, bool normalize, bool points) "

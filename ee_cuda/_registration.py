@@ -60,14 +60,20 @@ def _points_ref_fake(X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, no
     return _dist_like(X, P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
 
 
+def _ref_grad_like(ref_X, ref_grad):
+    """The reference backwards' dref_X: ref_X's shape, or (0, D) when ref_X needs no gradient (a detached
+    memory bank: the dGᵀ X product is skipped)."""
+    return torch.empty_like(ref_X) if ref_grad else ref_X.new_empty(0, ref_X.shape[1])
+
+
 @torch.library.register_fake(_lib + "hard_negative_pairs_ref_backward")
-def _pairs_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_inner, normalize):
-    return torch.empty_like(X), torch.empty_like(ref_X)
+def _pairs_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_inner, normalize, ref_grad):
+    return torch.empty_like(X), _ref_grad_like(ref_X, ref_grad)
 
 
 @torch.library.register_fake(_lib + "hard_negative_points_ref_backward")
-def _points_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_inner, normalize):
-    return torch.empty_like(X), torch.empty_like(ref_X)
+def _points_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_inner, normalize, ref_grad):
+    return torch.empty_like(X), _ref_grad_like(ref_X, ref_grad)
 
 
 @torch.library.register_fake(_lib + "search_tiles_emulated")
@@ -129,8 +135,10 @@ def _reference_search_backward(op):
         if grad_dist is None:
             return (None,) * 8
         X, pairs, ref_X, ref_pairs, dist, index = ctx.saved_tensors
-        dX, dref = op(grad_dist.contiguous(), X, pairs, ref_X, ref_pairs, dist, index, ctx.n_inner, ctx.normalize)
-        return dX, None, None, dref, None, None, None, None
+        ref_grad = ctx.needs_input_grad[3]
+        dX, dref = op(grad_dist.contiguous(), X, pairs, ref_X, ref_pairs, dist, index, ctx.n_inner, ctx.normalize,
+                      ref_grad)
+        return dX, None, None, dref if ref_grad else None, None, None, None, None
     return backward
 
 

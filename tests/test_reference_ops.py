@@ -204,6 +204,26 @@ def test_reference_gradients_match_twin(device, op, dtype):
                     torch.testing.assert_close(g, w, atol=tol(dtype), rtol=tol(dtype), msg=msg)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_detached_reference_skips_its_gradient(device, op):
+    """A detached reference (XBM's memory): the backward skips dref_X (its op returns (0, D)) and dX is the
+    one the reference with a gradient gets."""
+    seed = fresh_seed()
+    query = labelled_set(10, 3, 6, layout="adjacent", dtype=torch.float64, device=device)
+    ref = labelled_set(14, 4, 6, layout="adjacent", dtype=torch.float64, device=device)
+    cols = 4 if op == "hard_negative_points" else len(ref[1])
+    weight = torch.randn(len(query[1]), cols, dtype=torch.float64, device=device)
+    both = twin_gradients(op, query, ref, 2, True, weight, "fused")
+    X = query[0].clone().requires_grad_()
+    dist, index = getattr(ee_cuda, op)(X, *query[1:], 2, **reference_kwargs(ref), **FUSED)
+    (torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)) * weight).sum().backward()
+    torch.testing.assert_close(X.grad, both[0], atol=1e-12, rtol=1e-12, msg=f"seed {seed}")
+    backward = getattr(torch.ops.ee_cuda, op + "_ref_backward")
+    g = torch.where(torch.isfinite(dist), weight, torch.zeros_like(weight))
+    dX, dref = backward(g, query[0], query[1], ref[0], ref[1], dist, index, 2, True, False)
+    assert dref.shape == (0, 6) and torch.allclose(dX, both[0], atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_reference_gradcheck(device, normalize):
     query = labelled_set(6, 2, 3, layout="all", dtype=torch.float64, device=device)
@@ -231,8 +251,9 @@ def test_reference_opcheck(device):
     for name in ("hard_negative_pairs", "hard_negative_points"):
         d, i = getattr(ops, name + "_ref")(query[0], query[1], query[2], ref[0], ref[1], ref[2], 2, True)
         g = torch.where(torch.isfinite(d), torch.randn_like(d), 0)
-        torch.library.opcheck(getattr(ops, name + "_ref_backward").default,
-                              (g, query[0], query[1], ref[0], ref[1], d, i, 2, True))
+        for ref_grad in (True, False):
+            torch.library.opcheck(getattr(ops, name + "_ref_backward").default,
+                                  (g, query[0], query[1], ref[0], ref[1], d, i, 2, True, ref_grad))
 
 
 def test_reference_torch_compile_fullgraph(device):

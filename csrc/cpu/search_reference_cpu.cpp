@@ -86,7 +86,7 @@ template <bool kPoints>
 std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                                          const Tensor& ref_X_, const Tensor& ref_pairs_,
                                                          const Tensor& dist_, const Tensor& index_, int64_t n,
-                                                         bool normalize) {
+                                                         bool normalize, bool ref_grad) {
   const int64_t P = pairs_.size(0), Q = ref_pairs_.size(0), T = n + 2, B = X_.size(0), R = ref_X_.size(0);
   const std::vector<int64_t> out_shape{P, kPoints ? T : Q};
   check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, out_shape);
@@ -94,7 +94,8 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad_, co
   const Tensor pairs = pairs_.contiguous(), ref_pairs = ref_pairs_.contiguous();
   check_pair_values_on_cpu(pairs, B);
   check_pair_values_on_cpu(ref_pairs, R, at::Tensor(), "ref_pairs");
-  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), at::zeros_like(ref_X_)};
+  const Tensor no_ref_grad = ref_X_.new_empty({0, ref_X_.size(1)});
+  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), ref_grad ? at::zeros_like(ref_X_) : no_ref_grad};
   const at::ScalarType acc = acc_type_of(X_);
   const Tensor X = X_.to(acc).contiguous(), Y = ref_X_.to(acc).contiguous();
   const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
@@ -134,11 +135,12 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad_, co
     for (const auto& [begin, task_ref_own] : ref_own_of_task)
       for (int64_t e = 0; e < 3 * Q; ++e) ref_own[e] += task_ref_own[e];
     dX = at::mm(dG, Y);
-    dY = at::mm(dG.t(), X);
     add_own_entries(dX, X, pairs, own);
+    if (!ref_grad) return;
+    dY = at::mm(dG.t(), X);
     add_own_entries(dY, Y, ref_pairs, ref_own);
   });
-  return {dX.to(X_.scalar_type()), dY.to(X_.scalar_type())};
+  return {dX.to(X_.scalar_type()), ref_grad ? dY.to(X_.scalar_type()) : no_ref_grad};
 }
 
 }  // namespace

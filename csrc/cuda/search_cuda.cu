@@ -231,13 +231,14 @@ template <bool kPoints>
 std::tuple<Tensor, Tensor> search_reference_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                                           const Tensor& ref_X_, const Tensor& ref_pairs_,
                                                           const Tensor& dist_, const Tensor& index_, int64_t n,
-                                                          bool normalize) {
+                                                          bool normalize, bool ref_grad) {
   const int64_t P = pairs_.size(0), Q = ref_pairs_.size(0), T = n + 2, B = X_.size(0), R = ref_X_.size(0);
   check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n,
                                kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, Q});
   check_reference_inputs(X_, ref_X_, ref_pairs_);
   const c10::cuda::CUDAGuard guard(X_.device());
-  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), at::zeros_like(ref_X_)};
+  const Tensor no_ref_grad = ref_X_.new_empty({0, ref_X_.size(1)});
+  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), ref_grad ? at::zeros_like(ref_X_) : no_ref_grad};
   at::globalContext().alertNotDeterministic(kPoints ? "ee_cuda::hard_negative_points_ref_backward on CUDA"
                                                     : "ee_cuda::hard_negative_pairs_ref_backward on CUDA");
   const at::ScalarType acc = acc_type_of(X_);
@@ -257,16 +258,17 @@ std::tuple<Tensor, Tensor> search_reference_backward_cuda(const Tensor& grad_, c
         grad.data_ptr<acc_t>(), index.data_ptr<int64_t>(), entries);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     dX = at::mm(dG, Y);
-    dY = at::mm(dG.t(), X);
     const int64_t D = X.size(1);
     ee_cuda_own_entries_kernel<<<grid_for(P * D), kScatterThreads, 0, stream>>>(
         query.view, X.data_ptr<acc_t>(), D, own.data_ptr<acc_t>(), dX.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!ref_grad) return;
+    dY = at::mm(dG.t(), X);
     ee_cuda_own_entries_kernel<<<grid_for(Q * D), kScatterThreads, 0, stream>>>(
         ref.view, Y.data_ptr<acc_t>(), D, ref_own.data_ptr<acc_t>(), dY.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {dX.to(X_.scalar_type()), dY.to(X_.scalar_type())};
+  return {dX.to(X_.scalar_type()), ref_grad ? dY.to(X_.scalar_type()) : no_ref_grad};
 }
 
 }  // namespace
