@@ -3,6 +3,10 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "cpu/route_cpu.h"
 
 #ifndef EE_CUDA_ARCH_LIST
@@ -34,13 +38,6 @@ TORCH_LIBRARY(ee_cuda, m) {
   m.def(
       "hard_negative_points_ref_backward(Tensor grad, Tensor X, Tensor pairs, Tensor ref_X, Tensor ref_pairs, "
       "Tensor dist, Tensor index, int n_inner, bool normalize, bool ref_grad) -> (Tensor, Tensor)");
-  // Test-only (CPU): the CUDA kernels' tiles and per-output atomic scatter, emulated on the CPU.
-  m.def(
-      "search_tiles_emulated(Tensor X, Tensor pairs, Tensor labels, int n_inner, bool normalize, bool points) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "scatter_backward_emulated(Tensor grad, Tensor X, Tensor pairs, Tensor dist, Tensor index, int n_inner, "
-      "bool normalize, bool points) -> Tensor");
 }
 
 namespace {
@@ -69,6 +66,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused Embedding Expansion kernels; the ops live in torch.ops.ee_cuda";
   m.def("build_info", &build_info, "Which fused kernels this build contains");
   m.def(
-      "_force_cpu_tiles", [](bool forced) { ee::cpu_tiles_forced() = forced; },
-      "Tests only: every CPU search takes the tile path that the CUDA kernels run");
+      "_set_cpu_routes",
+      [](bool tiles, const std::string& backward) {
+        const std::vector<std::string> names{"cost", "points", "gram", "scatter"};  // BackwardRoute's order
+        const auto found = std::find(names.begin(), names.end(), backward);
+        TORCH_CHECK_VALUE(found != names.end(), "backward must be cost, points, gram or scatter, got ", backward);
+        ee::cpu_routes().tiles = tiles;
+        ee::cpu_routes().backward = int(found - names.begin());
+      },
+      pybind11::arg("tiles"), pybind11::arg("backward"),
+      "Tests only: every CPU search on the CUDA kernels' tiles (tiles=True), and the searches' backward route");
 }

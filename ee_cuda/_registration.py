@@ -76,18 +76,6 @@ def _points_ref_backward_fake(grad, X, pairs, ref_X, ref_pairs, dist, index, n_i
     return torch.empty_like(X), _ref_grad_like(ref_X, ref_grad)
 
 
-@torch.library.register_fake(_lib + "search_tiles_emulated")
-def _tiles_fake(X, pairs, labels, n_inner, normalize, points):
-    P = pairs.shape[0]
-    cols = n_inner + 2 if points else P
-    return _dist_like(X, P, cols), pairs.new_empty(P, cols, 2)
-
-
-@torch.library.register_fake(_lib + "scatter_backward_emulated")
-def _scatter_fake(grad, X, pairs, dist, index, n_inner, normalize, points):
-    return torch.empty_like(X)
-
-
 def _setup_expand(ctx, inputs, output):
     X, pairs, n_inner, normalize = inputs
     ctx.save_for_backward(X, pairs)

@@ -1,6 +1,7 @@
 """Shared fixtures: the devices to run on, and a factory of fresh random op inputs (extension-cpp style)."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -57,6 +58,36 @@ def make_batch(classes: int, per_class: int, D: int, *, device="cpu", dtype=torc
         perm = torch.randperm(B, generator=generator)
         X, labels = X[perm], labels[perm]
     return X.to(device=device, dtype=dtype), labels.to(device)
+
+
+@contextlib.contextmanager
+def cpu_routes(tiles: bool = False, backward: str = "cost"):
+    """The CPU kernels' routes inside the block (a switch for the tests only, docs/design.md §4-§5): every
+    search on the CUDA kernels' tiles (``tiles``), and the searches' backward route: ``"cost"`` (the
+    default choice), ``"points"`` or ``"gram"`` (hard_negative_pairs), ``"scatter"`` (the CUDA backward's
+    per-output scatter, run serially)."""
+    from ee_cuda import _backend
+    _backend._C._set_cpu_routes(tiles, backward)
+    try:
+        yield
+    finally:
+        _backend._C._set_cpu_routes(False, "cost")
+
+
+def tiles_search(X, pairs, labels, n, normalize, points):
+    """A search on the CPU's tile path: the CUDA kernels' tile functions, driven block by block."""
+    import ee_cuda
+    op = ee_cuda.hard_negative_points if points else ee_cuda.hard_negative_pairs
+    with cpu_routes(tiles=True):
+        return op(X, pairs, labels, n, normalize, backend="fused")
+
+
+def scatter_backward(grad, X, pairs, dist, index, n, normalize, points):
+    """A search's backward through the CUDA kernels' per-output scatter, run serially on the CPU."""
+    ops = torch.ops.ee_cuda
+    op = ops.hard_negative_points_backward if points else ops.hard_negative_pairs_backward
+    with cpu_routes(backward="scatter"):
+        return op(grad, X, pairs, dist, index, n, normalize)
 
 
 def sample_inputs(device, dtype=torch.float64, *, n_values=(0, 1, 2, 8), D=8):

@@ -10,7 +10,7 @@ import torch
 
 import ee_cuda
 from ee_cuda import reference as R
-from conftest import fresh_seed, make_batch, sample_inputs
+from conftest import cpu_routes, fresh_seed, make_batch, sample_inputs, scatter_backward, tiles_search
 
 FUSED = {"backend": "fused"}
 
@@ -114,6 +114,32 @@ def test_search_matches_reference(device, dtype, op):
                                    msg=lambda m: f"{m}\nseed {seed}, n={n}, normalize={normalize}")
 
 
+@pytest.mark.parametrize("tiles", [False, True], ids=["rows", "tiles"])
+@pytest.mark.parametrize("op, backward", [("pairs", "cost"), ("pairs", "points"), ("pairs", "gram"),
+                                          ("pairs", "scatter"), ("points", "cost"), ("points", "scatter")])
+def test_cpu_route_matrix(tiles, op, backward):
+    """Every CPU route, forced (the tests' switch, docs/design.md §4-§5): each forward route and each backward
+    route (hard_negative_points has one besides the scatter) equals the reference on both pair layouts, and
+    the two forward routes are bit-identical."""
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    check = check_pairs_output if op == "pairs" else check_points_output
+    seed = fresh_seed()
+    for X, pairs, labels, n, normalize in sample_inputs("cpu", n_values=(0, 2)):
+        with cpu_routes(tiles, backward):
+            dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
+            _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X)
+        other = tiles_search(X, pairs, labels, n, normalize, op == "points")
+        assert torch.equal(dist, other[0]) and torch.equal(index, other[1]), f"seed {seed}"
+        check(X, pairs, labels, n, normalize, dist, index, 1e-9)
+        _, ref_index = ref(X, pairs, labels, n, normalize)
+        if torch.equal(index, ref_index):
+            _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, normalize), X, weight=w)
+        else:
+            g_ref = selected_pair_grad(X, pairs, n, normalize, index, w, op)
+        torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-9, msg=lambda m: f"{m}\nseed {seed}, n={n}")
+
+
 @pytest.mark.parametrize("D", [1, 2, 33, 1024])
 @pytest.mark.parametrize("op", ["pairs", "points"])
 def test_search_dimensions(device, D, op):
@@ -154,7 +180,7 @@ def test_cuda_tiles_emulated_on_cpu(dtype):
         pairs = ee_cuda.positive_pairs(labels, "all")
         for n, normalize in [(0, True), (2, True), (3, False), (8, True)]:
             for points, check in [(False, check_pairs_output), (True, check_points_output)]:
-                d, i = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, normalize, points)
+                d, i = tiles_search(X, pairs, labels, n, normalize, points)
                 check(X, pairs, labels, n, normalize, d, i, tol(dtype))
 
 
@@ -171,7 +197,7 @@ def test_cpu_fast_path_equals_tile_path_with_ties(dtype):
         for n in (0, 1, 4):
             for points, op in [(False, ee_cuda.hard_negative_pairs), (True, ee_cuda.hard_negative_points)]:
                 d, i = op(X, pairs, labels, n, **FUSED)
-                d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, True, points)
+                d_t, i_t = tiles_search(X, pairs, labels, n, True, points)
                 assert torch.equal(d, d_t)
                 assert torch.equal(i, i_t)
 
@@ -185,7 +211,7 @@ def test_cpu_fast_path_key_split_at_float_limit(n):
     pairs = ee_cuda.positive_pairs(labels, "adjacent")
     for points, op in [(False, ee_cuda.hard_negative_pairs), (True, ee_cuda.hard_negative_points)]:
         d, i = op(X, pairs, labels, n, **FUSED)
-        d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, True, points)
+        d_t, i_t = tiles_search(X, pairs, labels, n, True, points)
         assert torch.equal(d, d_t)
         assert torch.equal(i, i_t)
         found = torch.isfinite(d)  # every pair has negatives; only a pair against itself has none
@@ -203,7 +229,7 @@ def test_cpu_fast_path_equals_tile_path_many_pairs(dtype):
         for n in (0, 3):
             for points, op in [(False, ee_cuda.hard_negative_pairs), (True, ee_cuda.hard_negative_points)]:
                 d, i = op(X, pairs, labels, n, **FUSED)
-                d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, True, points)
+                d_t, i_t = tiles_search(X, pairs, labels, n, True, points)
                 assert torch.equal(d, d_t)
                 assert torch.equal(i, i_t)
 
@@ -227,7 +253,7 @@ def test_large_batch_blocked_gram(op, mode, shuffle, classes):
     for dtype in (torch.float64, torch.float32):
         Xd = X.to(dtype)
         d, i = fused(Xd, pairs, labels, 3, True, **FUSED)
-        d_t, i_t = torch.ops.ee_cuda.search_tiles_emulated(Xd, pairs, labels, 3, True, op == "points")
+        d_t, i_t = tiles_search(Xd, pairs, labels, 3, True, op == "points")
         assert torch.equal(d, d_t)
         assert torch.equal(i, i_t)
     _, g, w = grads(lambda x: fused(x, pairs, labels, 1, True, **FUSED), X)
@@ -292,7 +318,7 @@ def test_pairs_backward_routes_agree(dtype, mirrored):
         w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
         w[torch.rand_like(w) < 0.1] = 0
         g = torch.ops.ee_cuda.hard_negative_pairs_backward(w, X, pairs, dist, index, n, normalize)
-        g_dG = torch.ops.ee_cuda.scatter_backward_emulated(w, X, pairs, dist, index, n, normalize, False)
+        g_dG = scatter_backward(w, X, pairs, dist, index, n, normalize, False)
         scale = g_dG.abs().max()
         torch.testing.assert_close(g, g_dG, atol=tol * scale, rtol=tol)
         paired = torch.zeros(X.shape[0], dtype=torch.bool)
@@ -319,7 +345,7 @@ def test_pairs_backward_plain_sums(tmp_path):
     w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
     args = (w, X, pairs, dist, index, n, normalize)
     case = {"args": args, "fma": torch.ops.ee_cuda.hard_negative_pairs_backward(*args),
-            "dG_route": torch.ops.ee_cuda.scatter_backward_emulated(*args, False)}
+            "dG_route": scatter_backward(*args, False)}
     torch.save(case, tmp_path / "case.pt")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     run = subprocess.run([sys.executable, "-c", PLAIN_SUMS, str(tmp_path / "case.pt")], env=env,
@@ -339,7 +365,7 @@ def test_cuda_backward_scatter_emulated_on_cpu(op):
         dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
         _, g_ref, w = grads(lambda x: ref(x, pairs, labels, n, normalize), X)
         w = torch.where(torch.isfinite(dist), w, torch.zeros_like(w))
-        g = torch.ops.ee_cuda.scatter_backward_emulated(w, X, pairs, dist, index, n, normalize, op == "points")
+        g = scatter_backward(w, X, pairs, dist, index, n, normalize, op == "points")
         torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-9)
 
 
@@ -474,7 +500,7 @@ def test_nan_argmin_is_the_first_nan(points):
         plabel = labels[pairs[:, 0]]
         negative = plabel[:, None] != plabel[None, :]
         for n, normalize in ((0, True), (2, True), (3, False)):
-            for d, i in (torch.ops.ee_cuda.search_tiles_emulated(X, pairs, labels, n, normalize, points),
+            for d, i in (tiles_search(X, pairs, labels, n, normalize, points),
                          op(X, pairs, labels, n, normalize, **FUSED)):
                 msg = f"seed={seed} mode={mode} n={n} normalize={normalize}"
                 if points:

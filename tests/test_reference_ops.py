@@ -3,30 +3,18 @@ argmins on both CPU routes (the vectorized row path and the CUDA kernels' tiles)
 ``X`` and ``ref_X``, ``opcheck``, ``torch.compile``, and bad input for each ``ref_*`` argument."""
 from __future__ import annotations
 
-import contextlib
 import re
 
 import pytest
 import torch
 
 import ee_cuda
-from ee_cuda import _backend
 from ee_cuda import reference as R
-from conftest import fresh_seed
+from conftest import cpu_routes, fresh_seed
 
 FUSED = {"backend": "fused"}
 OPS = ["hard_negative_points", "hard_negative_pairs"]
 ROUTES = ["rows", "tiles"]
-
-
-@contextlib.contextmanager
-def cpu_route(route: str):
-    """Every CPU search on the vectorized row path (the default for finite input) or on the tiles."""
-    _backend._C._force_cpu_tiles(route == "tiles")
-    try:
-        yield
-    finally:
-        _backend._C._force_cpu_tiles(False)
 
 
 def labelled_set(rows: int, classes: int, D: int, *, layout: str, dtype, device, label_offset: int = 0):
@@ -97,7 +85,7 @@ def test_reference_search_matches_twin(device, op, route, dtype, labels_overlap)
             query = labelled_set(B, 4, 6, layout="all", dtype=dtype, device=device)
             ref = labelled_set(R_rows, 5, 6, layout="all", dtype=dtype, device=device,
                                label_offset=0 if labels_overlap else 100)
-            with cpu_route(route):
+            with cpu_routes(tiles=route == "tiles"):
                 dist, index = getattr(ee_cuda, op)(*query, n, normalize, **reference_kwargs(ref), **FUSED)
             msg = f"seed {seed}, {op}, B={B}, R={R_rows}, n={n}, normalize={normalize}"
             check_against_twin(op, query, ref, n, normalize, dist, index, tol(dtype), msg)
@@ -115,9 +103,9 @@ def test_reference_routes_agree_bit_for_bit(op, layout):
         ref[0][5:9] = ref[0][1]  # exact ties between points of different pairs
         for n in (0, 2, 3):
             kw = reference_kwargs(ref)
-            with cpu_route("rows"):
+            with cpu_routes(tiles=False):
                 rows = getattr(ee_cuda, op)(*query, n, True, **kw, **FUSED)
-            with cpu_route("tiles"):
+            with cpu_routes(tiles=True):
                 tiles = getattr(ee_cuda, op)(*query, n, True, **kw, **FUSED)
             msg = f"seed {seed}, {dtype}, n={n}"
             assert torch.equal(rows[0], tiles[0]) and torch.equal(rows[1], tiles[1]), msg
@@ -134,7 +122,7 @@ def test_reference_ties_take_the_smallest_key():
     ref_pairs = torch.tensor([[0, 1], [2, 3]])
     pairs = torch.tensor([[0, 1]])
     for route in ROUTES:
-        with cpu_route(route):
+        with cpu_routes(tiles=route == "tiles"):
             _, pi = ee_cuda.hard_negative_points(X, pairs, labels, 1, ref_X=ref_X, ref_pairs=ref_pairs,
                                                  ref_labels=ref_labels, **FUSED)
             _, qi = ee_cuda.hard_negative_pairs(X, pairs, labels, 1, ref_X=ref_X, ref_pairs=ref_pairs,
@@ -155,7 +143,7 @@ def test_reference_without_negatives_empty_and_one_sided(device, op):
                               (torch.zeros(0, dtype=torch.long, device=device), ref_pairs[:0])):
         ref = (ref_X[:len(ref_labels)], ref_p, ref_labels)
         for route in route_cases(device):
-            with cpu_route(route[1]):
+            with cpu_routes(tiles=route[1] == "tiles"):
                 dist, index = getattr(ee_cuda, op)(*query, 2, **reference_kwargs(ref), **FUSED)
             check_against_twin(op, query, ref, 2, True, dist, index, 1e-9, f"{op}, {route}, Q={len(ref_p)}")
     empty_query = (query[0], query[1][:0], query[2])
@@ -170,7 +158,7 @@ def test_reference_is_the_batch(device, op):
     seed = fresh_seed()
     query = labelled_set(20, 4, 8, layout="all", dtype=torch.float64, device=device)
     for route in route_cases(device):
-        with cpu_route(route[1]):
+        with cpu_routes(tiles=route[1] == "tiles"):
             own = getattr(ee_cuda, op)(*query, 2, **FUSED)
             with_ref = getattr(ee_cuda, op)(*query, 2, **reference_kwargs(query), **FUSED)
         torch.testing.assert_close(with_ref[0], own[0], atol=1e-12, rtol=1e-12, msg=f"seed {seed}, {route}")

@@ -68,12 +68,13 @@ bool pairs_ascending(const int64_t* pairs, int64_t P) {
   return true;
 }
 
-// The search on the CPU. By default finite inputs take the vectorized row path (search_rows_cpu.h) and
-// inputs with NaN or infinities the tile path (as do shapes whose keys overflow the row path's lanes);
-// `emulate_gpu` forces the tile path, which drives the CUDA kernels' tile functions block by block (the
-// tests use it to check the GPU's tiling on the CPU).
-std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs_, const Tensor& labels, int64_t n,
-                                           bool normalize, bool points, bool emulate_gpu) {
+// The search on the CPU. Finite inputs take the vectorized row path (search_rows_cpu.h) and inputs with NaN
+// or infinities the tile path (as do shapes whose keys overflow the row path's lanes, and every search when
+// the tests force it: route_cpu.h), which drives the CUDA kernels' tile functions block by block.
+template <bool kPoints>
+std::tuple<Tensor, Tensor> search_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels, int64_t n,
+                                      bool normalize) {
+  constexpr bool points = kPoints;
   check_search_inputs(X_, pairs_, labels, n);
   const Tensor pairs = pairs_.contiguous();
   check_pair_values_on_cpu(pairs, X_.size(0), labels);
@@ -91,7 +92,7 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
   const bool finite = at::isfinite(gram.diagonal()).all().item<bool>();
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_cpu", [&] {
     using acc_t = scalar_t;
-    const bool tiles = emulate_gpu || cpu_tiles_forced() || !finite || !row_keys_fit<acc_t>(P, T, points);
+    const bool tiles = cpu_routes().tiles || !finite || !row_keys_fit<acc_t>(P, T, points);
     const bool upper_only = !tiles && !points && pairs_ascending(pairs.data_ptr<int64_t>(), P);
     if (lower_missing && !upper_only) mirror_upper(gram.data_ptr<acc_t>(), X.size(0));
     acc_t* d = dist.data_ptr<acc_t>();
@@ -107,17 +108,6 @@ std::tuple<Tensor, Tensor> search_cpu_impl(const Tensor& X_, const Tensor& pairs
     }
   });
   return {dist, index};
-}
-
-template <bool kPoints>
-std::tuple<Tensor, Tensor> search_cpu(const Tensor& X, const Tensor& pairs, const Tensor& labels, int64_t n,
-                                      bool normalize) {
-  return search_cpu_impl(X, pairs, labels, n, normalize, kPoints, false);
-}
-
-std::tuple<Tensor, Tensor> search_tiles_emulated_cpu(const Tensor& X, const Tensor& pairs, const Tensor& labels,
-                                                     int64_t n, bool normalize, bool points) {
-  return search_cpu_impl(X, pairs, labels, n, normalize, points, true);
 }
 
 // What every search backward reads, checked and converted to the accumulation type.
@@ -352,9 +342,39 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const Ten
   return stride == D ? dX_t : dX_t.narrow(1, 0, D).contiguous();
 }
 
-// Whether hard_negative_pairs' backward goes through the selected points: about 2 P^2 D multiply-adds
-// (adjacent pairs: P = B/2, half the product's) against B^2 D through dG.
-bool pairs_backward_through_points_is_cheaper(int64_t P, int64_t B) { return 2 * P * P <= B * B; }
+// The CUDA backward's scatter, run serially on the CPU (a route the tests force, route_cpu.h): every output
+// adds all of its dG terms, as the GPU's atomics do, then dX = (dG + dG^T) X.
+Tensor scatter_backward_cpu(const BackwardInputs& in, int64_t n, bool normalize, bool points) {
+  const Tensor& X = in.X;
+  const int64_t P = in.pairs.size(0), B = X.size(0), T = n + 2;
+  Tensor dG = at::zeros({B, B}, X.options());
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "scatter_backward_cpu", [&] {
+    using acc_t = scalar_t;
+    const TileSet<acc_t> set(X, in.pairs, at::Tensor(), n, normalize);  // the tiles' PointCoef table
+    const SearchArgs<acc_t> args{nullptr, set.view(), set.view(), T, true};
+    const int64_t* idx = in.index.data_ptr<int64_t>();
+    const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>();
+    acc_t* out = dG.data_ptr<acc_t>();
+    auto add = [&](int64_t r, int64_t col, acc_t v) { out[r * B + col] += v; };
+    const WithinEntries<acc_t, decltype(add)> entries{set.view(), add};
+    if (points) {
+      for (int64_t o = 0; o < P * T; ++o) point_output_entries(args, normalize, o, d[o], g[o], idx, entries, entries);
+    } else {
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t q = 0; q < P; ++q)
+          pair_output_entries(args, normalize, p, q, d[p * P + q], g[p * P + q], idx, entries, entries);
+    }
+  });
+  return at::mm(dG + dG.t(), X);
+}
+
+// hard_negative_pairs' backward route: through the selected points where that costs fewer multiply-adds,
+// about 2 P^2 D (adjacent pairs: P = B/2, half the product's) against B^2 D through dG.
+BackwardRoute pairs_backward_route(int64_t P, int64_t B) {
+  const auto forced = BackwardRoute(cpu_routes().backward.load());
+  if (forced != BackwardRoute::kByCost) return forced;
+  return 2 * P * P <= B * B ? BackwardRoute::kPoints : BackwardRoute::kGram;
+}
 
 Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                         const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
@@ -362,13 +382,14 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, false);
   const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
+  const BackwardRoute route = pairs_backward_route(P, B);
+  if (route == BackwardRoute::kScatter) return scatter_backward_cpu(in, n, normalize, false).to(X_.scalar_type());
   Tensor dX;
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
     const BackwardArrays<acc_t> arr(in, n, normalize);
-    dX = pairs_backward_through_points_is_cheaper(P, B)
-             ? pairs_backward_through_points(arr, X, P)
-             : pairs_backward_through_gram(arr, arr.grad_coef_table(P), X, P);
+    dX = route == BackwardRoute::kPoints ? pairs_backward_through_points(arr, X, P)
+                                         : pairs_backward_through_gram(arr, arr.grad_coef_table(P), X, P);
   });
   return dX.to(X_.scalar_type());
 }
@@ -385,6 +406,8 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
   const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, true);
   const Tensor& X = in.X;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
+  if (BackwardRoute(cpu_routes().backward.load()) == BackwardRoute::kScatter)
+    return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
   Tensor dX = at::zeros({B, D}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
@@ -462,35 +485,6 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, 
   return dX.to(X_.scalar_type());
 }
 
-// The CUDA backward's scatter, run serially on the CPU for the tests: every output adds all of its dG
-// terms (as the GPU's atomics do), then dX = (dG + dG^T) X.
-Tensor scatter_backward_emulated_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_, const Tensor& dist_,
-                                     const Tensor& index_, int64_t n, bool normalize, bool points) {
-  const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
-  const BackwardInputs in = backward_inputs(grad_, X_, pairs_, dist_, index_, n, points);
-  const Tensor& X = in.X;
-  if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  Tensor dG = at::zeros({B, B}, X.options());
-  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "scatter_backward_emulated_cpu", [&] {
-    using acc_t = scalar_t;
-    const TileSet<acc_t> set(X, in.pairs, at::Tensor(), n, normalize);  // the tiles' PointCoef table
-    const SearchArgs<acc_t> args{nullptr, set.view(), set.view(), T, true};
-    const int64_t* idx = in.index.data_ptr<int64_t>();
-    const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>();
-    acc_t* out = dG.data_ptr<acc_t>();
-    auto add = [&](int64_t r, int64_t col, acc_t v) { out[r * B + col] += v; };
-    const WithinEntries<acc_t, decltype(add)> entries{set.view(), add};
-    if (points) {
-      for (int64_t o = 0; o < P * T; ++o) point_output_entries(args, normalize, o, d[o], g[o], idx, entries, entries);
-    } else {
-      for (int64_t p = 0; p < P; ++p)
-        for (int64_t q = 0; q < P; ++q)
-          pair_output_entries(args, normalize, p, q, d[p * P + q], g[p * P + q], idx, entries, entries);
-    }
-  });
-  return at::mm(dG + dG.t(), X).to(X_.scalar_type());
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
@@ -498,8 +492,6 @@ TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
   m.impl("hard_negative_points", &search_cpu<true>);
   m.impl("hard_negative_pairs_backward", &hard_negative_pairs_backward_cpu);
   m.impl("hard_negative_points_backward", &hard_negative_points_backward_cpu);
-  m.impl("scatter_backward_emulated", &scatter_backward_emulated_cpu);
-  m.impl("search_tiles_emulated", &search_tiles_emulated_cpu);
 }
 
 }  // namespace ee

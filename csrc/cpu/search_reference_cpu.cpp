@@ -48,7 +48,7 @@ std::tuple<Tensor, Tensor> search_reference_cpu(const Tensor& X_, const Tensor& 
     acc_t* d = dist.data_ptr<acc_t>();
     int64_t* idx = index.data_ptr<int64_t>();
     const acc_t* g = gram.data_ptr<acc_t>();
-    if (!cpu_tiles_forced() && row_keys_fit<acc_t>(Q, T, kPoints)) {
+    if (!cpu_routes().tiles && row_keys_fit<acc_t>(Q, T, kPoints)) {
       const PairBlocks<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
       if (query.endpoints_finite() && ref.endpoints_finite()) {
         kPoints ? point_rows_cpu(query, ref, g, Y.size(0), d, idx)
