@@ -20,7 +20,8 @@ inline void check_embeddings(const at::Tensor& X, const char* name = "X") {
 }
 
 // `pairs` (named `name`) indexes the rows of X (named `of`).
-inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X, const char* name = "pairs", const char* of = "X") {
+inline void check_pairs(const at::Tensor& pairs, const at::Tensor& X, const char* name = "pairs",
+                        const char* of = "X") {
   EE_CHECK_TYPE(pairs.scalar_type() == at::kLong, name, " must be an int64 tensor, got ", pairs.scalar_type());
   EE_CHECK_VALUE(pairs.dim() == 2 && pairs.size(1) == 2, name, " must have shape (P, 2), got ", pairs.sizes());
   EE_CHECK_VALUE(pairs.device() == X.device(), name, " is on ", pairs.device(), " but X is on ", X.device());
@@ -40,7 +41,8 @@ inline void check_pair_values_on_cpu(const at::Tensor& pairs, int64_t B, const a
   const int64_t* pr = pc.data_ptr<int64_t>();
   for (int64_t r = 0; r < P; ++r)
     EE_CHECK_VALUE(pr[2 * r] >= 0 && pr[2 * r] < B && pr[2 * r + 1] >= 0 && pr[2 * r + 1] < B,
-                   name, " holds indices outside [0, B=", B, "): row ", r, " is [", pr[2 * r], ", ", pr[2 * r + 1], "]");
+                   name, " holds indices outside [0, B=", B, "): row ", r, " is [", pr[2 * r], ", ", pr[2 * r + 1],
+                   "]");
   for (int64_t r = 0; r < P; ++r)
     EE_CHECK_VALUE(pr[2 * r] != pr[2 * r + 1], name, " row ", r, " pairs a sample with itself: [", pr[2 * r], ", ",
                    pr[2 * r + 1], "] (need i != j)");

@@ -180,7 +180,8 @@ EE_HD void pair_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int
     return;
   }
   const int64_t i = sp.i[tp], j = sp.j[tp], k = sq.i[tq], l = sq.j[tq], ld = a.ref.rows;
-  const acc_t g_ik = a.gram[i * ld + k], g_il = a.gram[i * ld + l], g_jk = a.gram[j * ld + k], g_jl = a.gram[j * ld + l];
+  const acc_t g_ik = a.gram[i * ld + k], g_il = a.gram[i * ld + l];
+  const acc_t g_jk = a.gram[j * ld + k], g_jl = a.gram[j * ld + l];
   // r outer: b's doubled dots depend on (q, r) alone, so each candidate (t, r) costs the few flops of
   // sq_dist_unclamped() and two comparisons. The scan visits r*T + t in increasing order, so the (q, p)
   // minimum keeps its first candidate under a strict <; the (p, q) one (key t*T + r) takes an equal value
@@ -227,7 +228,8 @@ EE_HD void point_tile_load(const SearchArgs<acc_t>& a, void* shared, int64_t q0,
 
 // Output o = p*T + t against the tile of pairs starting at q0; keys are q*T + r, visited in increasing order.
 template <typename acc_t>
-EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t q0, int64_t o, Best<acc_t>& best) {
+EE_HD void point_tile_compute(const SearchArgs<acc_t>& a, const void* shared, int64_t q0, int64_t o,
+                              Best<acc_t>& best) {
   const int64_t T = a.T, p = o / T, B = a.query.rows;
   if (p >= a.query.count) return;
   const PairSlab<acc_t> s = slab_at<acc_t>(const_cast<void*>(shared), kPointTileQ, T);

@@ -202,7 +202,8 @@ template <bool kPoints>
 Tensor search_backward_cuda(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_, const Tensor& dist_,
                             const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), T = n + 2;
-  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, P});
+  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n,
+                               kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, P});
   const c10::cuda::CUDAGuard guard(X_.device());
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
   // The atomicAdd order into dG varies from run to run: raise (or warn) under deterministic mode.
@@ -245,7 +246,8 @@ std::tuple<Tensor, Tensor> search_reference_backward_cuda(const Tensor& grad_, c
   const Tensor pairs = pairs_.contiguous(), ref_pairs = ref_pairs_.contiguous(), index = index_.contiguous();
   const Tensor X = X_.to(acc).contiguous(), Y = ref_X_.to(acc).contiguous();
   const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous();
-  Tensor dG = at::zeros({B, R}, X.options()), own = at::zeros({P, 3}, X.options()), ref_own = at::zeros({Q, 3}, X.options());
+  Tensor dG = at::zeros({B, R}, X.options());
+  Tensor own = at::zeros({P, 3}, X.options()), ref_own = at::zeros({Q, 3}, X.options());
   Tensor dX, dY;
   AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_search_reference_backward_cuda", [&] {
     using acc_t = scalar_t;
