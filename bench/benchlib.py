@@ -9,7 +9,8 @@ Vocabulary
   ``B = classes × per_class``, ``D``, ``n``, and the positive-pair layout ``pairs`` ("adjacent" / "all").
   A **memory-bank** config (workload ``XBM``, group "memory") adds a reference set of ``M`` rows (``ref_X``,
   its adjacent pairs and labels, see ``MEMORY``): the ops search the reference's augmented points, and
-  forward+backward differentiates both ``X`` and ``ref_X``.
+  forward+backward differentiates ``X`` and, in one variant (``ref_grad=True``), ``ref_X`` too; in the other
+  (``ref_grad=False``, XBM's own case: a detached memory) ``ref_X`` requires no gradient.
 * **target**: what is timed. The ops ``hard_negative_points`` / ``hard_negative_pairs`` (on the pairs of
   the config), the losses of ``ee_cuda.losses`` (HPHN uses the adjacent layout itself, the pair losses
   their default ``pairs="all"``), and ``gram`` (``X @ X.T``, the floor every implementation pays; with a
@@ -58,10 +59,11 @@ WORKLOADS = {
 # (64 classes × 2 rows, W1b's batch) against M reference rows in the adjacent layout (Q = M/2 pairs). The
 # memory's pairs are labelled from a dataset of `dataset_classes` classes, every class once (M = 4096) or
 # twice (M = 16384) in a seeded random order, the batch's 64 among them, as in XBM, whose memory holds the
-# current batch too. Selected with the workload name "XBM" (not in the CPU suite's default: its reference
-# cases take minutes).
+# current batch too. Two variants of forward+backward (`ref_grads`): gradients to X and ref_X (True), and to X
+# only (False: the memory detached, XBM's case; the floor is then the forward product and dX = dG ref_X alone).
+# Selected with the workload name "XBM" (not in the CPU suite's default: its reference cases take minutes).
 MEMORY = dict(B=128, D=512, ns=(2, 8), Ms=(4096, 16384), classes=64, per_class=2, dataset_classes=4096,
-              devices=("cpu", "cuda"))
+              ref_grads=(True, False), devices=("cpu", "cuda"))
 MEMORY_TARGET_M = 16384    # the memory targets are checked at this M
 SWEEP_N = (0, 2, 4, 8, 16)            # at W2's B, D, classes × per_class; adjacent pairs
 SWEEP_B = (128, 256, 512, 1024, 2048, 4096)   # at W2's D and n, 4 per class; adjacent pairs
@@ -79,6 +81,7 @@ class Config:
     group: str = "workload"   # "workload", "sweep_n", "sweep_B", "memory"
     M: int = 0         # rows of the reference set (memory bank); 0: none, the ops search the batch itself
     ref_classes: int = 0      # classes the reference's pairs are labelled from (see MEMORY)
+    ref_grad: bool = True     # with a reference set: forward+backward differentiates ref_X too (False: detached)
 
     @property
     def T(self):
@@ -98,11 +101,12 @@ class Config:
         return self.M // 2 if self.memory else self.num_pairs(self.pairs)
 
     def key(self):
-        return (self.B, self.D, self.n, self.classes, self.per_class, self.pairs, self.M, self.ref_classes)
+        return (self.B, self.D, self.n, self.classes, self.per_class, self.pairs, self.M, self.ref_classes,
+                self.ref_grad)
 
     def shape_key(self):
         """The shape, without the ops' pair layout (the losses and the floor are timed once per shape)."""
-        return (self.B, self.D, self.n, self.classes, self.per_class, self.M, self.ref_classes)
+        return (self.B, self.D, self.n, self.classes, self.per_class, self.M, self.ref_classes, self.ref_grad)
 
     def label(self):
         return f"{self.name}[{self.pairs}]" if self.group == "workload" else f"{self.name}"
@@ -122,13 +126,19 @@ def workload_configs(names, device="cpu"):
     return out
 
 
+def memory_name(M, n, ref_grad):
+    """``XBM[M=…,n=…]`` (gradients to ``X`` and ``ref_X``), ``XBM[M=…,n=…,detached]`` (to ``X`` only)."""
+    return f"XBM[M={M},n={n}{'' if ref_grad else ',detached'}]"
+
+
 def memory_configs(device="cpu"):
-    """The memory-bank case: every (M, n) of ``MEMORY``, adjacent pairs in the batch and in the memory."""
+    """The memory-bank case: every (ref_grad, M, n) of ``MEMORY``, adjacent pairs in the batch and in the memory."""
     w = MEMORY
     if device not in w["devices"]:
         return []
-    return [Config(f"XBM[M={M},n={n}]", w["B"], w["D"], n, w["classes"], w["per_class"], "adjacent", "memory",
-                   M=M, ref_classes=w["dataset_classes"]) for M in w["Ms"] for n in w["ns"]]
+    return [Config(memory_name(M, n, rg), w["B"], w["D"], n, w["classes"], w["per_class"], "adjacent", "memory",
+                   M=M, ref_classes=w["dataset_classes"], ref_grad=rg)
+            for rg in w["ref_grads"] for M in w["Ms"] for n in w["ns"]]
 
 
 def sweep_configs():
@@ -149,8 +159,8 @@ def quick_configs():
 
 def quick_memory_configs():
     """Tiny memory-bank shapes (``--bench-quick`` with the workload XBM)."""
-    return [Config(f"XBM[M={M},n=2]", 32, 16, 2, 16, 2, "adjacent", "memory", M=M, ref_classes=48)
-            for M in (64, 256)]
+    return [Config(memory_name(M, 2, rg), 32, 16, 2, 16, 2, "adjacent", "memory", M=M, ref_classes=48, ref_grad=rg)
+            for rg in MEMORY["ref_grads"] for M in (64, 256)]
 
 
 def target_pairs(cfg: Config, target: str) -> str:
@@ -300,7 +310,8 @@ def make_step(cfg, target, mode, fn, X, grad):
     """The timed callable: ``step() -> (outputs, dX)``; returns the fresh input it differentiates.
 
     ``X`` may be a tuple of tensors (a memory-bank config's ``(X, ref_X)``): forward+backward then
-    differentiates every one, and ``dX`` is the tuple of their gradients."""
+    differentiates every one, and ``dX`` is the tuple of their gradients; with ``cfg.ref_grad`` false only
+    ``X`` requires grad (``ref_X`` is passed detached, as XBM's memory) and ``dX`` is the 1-tuple ``(dX,)``."""
     if mode == "fwd":
         Xs = tuple(x.detach() for x in X) if isinstance(X, tuple) else X.detach()
 
@@ -309,7 +320,7 @@ def make_step(cfg, target, mode, fn, X, grad):
                 return fn(Xs), None
         return step, Xs
     if isinstance(X, tuple):
-        Xg = tuple(x.detach().clone().requires_grad_(True) for x in X)
+        Xg = tuple(x.detach().clone().requires_grad_(i == 0 or cfg.ref_grad) for i, x in enumerate(X))
     else:
         Xg = X.detach().clone().requires_grad_(True)
 
@@ -322,7 +333,7 @@ def make_step(cfg, target, mode, fn, X, grad):
             torch.autograd.backward(out, grad)
         else:
             out.backward()
-        return out, (tuple(x.grad for x in Xg) if isinstance(Xg, tuple) else Xg.grad)
+        return out, (tuple(x.grad for x in Xg if x.requires_grad) if isinstance(Xg, tuple) else Xg.grad)
     return step_bwd, Xg
 
 
@@ -382,7 +393,9 @@ def compare(expected, got, target, mode):
     Tolerances (float32): distances / loss values ``1e-4`` absolute+relative; indices identical except
     for at most 0.1% near-ties (whose distances agree); ``dX`` relative L2 error ``<= 1e-2`` (``1e-4``
     when every index agrees). Returns a dict of the measured errors. With a reference set ``dX`` is the
-    pair ``(dX, dref_X)``, each checked so (``rel_err_dX``, ``rel_err_dref_X``).
+    pair ``(dX, dref_X)``, each checked so (``rel_err_dX``, ``rel_err_dref_X``), or with a detached reference
+    (``ref_grad=False``) the 1-tuple ``(dX,)``: only ``dX`` is compared. Both snapshots must hold as many
+    gradients.
     """
     (eo, edx), (go, gdx) = expected, got
     info = {}
@@ -408,6 +421,9 @@ def compare(expected, got, target, mode):
         assert err <= tol, f"{target}: output error {err:.3g} > {tol:.3g}"
     if mode == "fwdbwd" and edx is not None and gdx is not None:
         names = ("dX", "dref_X") if isinstance(edx, tuple) else ("dX",)
+        if isinstance(edx, tuple):
+            assert isinstance(gdx, tuple) and len(edx) == len(gdx) and len(edx) <= 2, \
+                f"{target}: {len(edx)} expected gradients, {len(gdx) if isinstance(gdx, tuple) else 1} got"
         for name, e, g in zip(names, edx if isinstance(edx, tuple) else (edx,),
                               gdx if isinstance(gdx, tuple) else (gdx,)):
             e, g = e.double().cpu(), g.double().cpu()
@@ -444,7 +460,7 @@ def est_ref_seconds(cfg, target, mode, seconds_per_unit=1.2e-10):
     """
     if cfg.memory:
         if target == "gram":
-            return 2e-10 * cfg.B * cfg.M * cfg.D * (3 if mode == "fwdbwd" else 1)
+            return 2e-10 * cfg.B * cfg.M * cfg.D * ((3 if cfg.ref_grad else 2) if mode == "fwdbwd" else 1)
         s = 4 * seconds_per_unit * ref_points(cfg, target) * ref_candidates(cfg) * max(cfg.D, 64)
         return s if mode == "fwdbwd" else 0.4 * s
     if target == "gram":
@@ -705,7 +721,7 @@ class Case:
                    target=self.target, kind=self.kind, impl=self.impl, mode=self.mode,
                    priority=self.priority, planned_s=round(self.est_s, 2))
         if c.memory:
-            rec.update(M=c.M, ref_classes=c.ref_classes, ref_grad=True, output_bytes=output_bytes(c, self.target))
+            rec.update(M=c.M, ref_classes=c.ref_classes, ref_grad=c.ref_grad, output_bytes=output_bytes(c, self.target))
         return rec
 
 
@@ -736,8 +752,8 @@ def est_fused_seconds(cfg, target):
     if target == "gram":
         return est_ref_seconds(cfg, "gram", "fwd")
     P = cfg.B if target == "HPHNTripletLoss" else cfg.num_pairs(target_pairs(cfg, target))
-    if cfg.memory:   # the cross-Gram, its two backward products, and the scan of P·T × Q·T candidates
-        return 6e-10 * cfg.B * cfg.M * cfg.D + 2e-9 * P * cfg.T * ref_candidates(cfg)
+    if cfg.memory:   # the cross-Gram, its backward products (two; one, dX, when detached), the P·T × Q·T scan
+        return (4e-10 + 2e-10 * cfg.ref_grad) * cfg.B * cfg.M * cfg.D + 2e-9 * P * cfg.T * ref_candidates(cfg)
     return 2e-10 * cfg.B * cfg.B * cfg.D + 6e-9 * (P * cfg.T) ** 2
 
 

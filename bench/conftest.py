@@ -18,12 +18,14 @@ per call is skipped as "OOM/over budget". Cases run in priority order. Each case
    set above the baseline, reset through ``/proc/self/clear_refs``);
 3. times rounds with ``benchmark.pedantic`` (median reported); a reference case also times the fused op
    on the same inputs just before and just after (``fused_alongside_s``, what the speed-up targets use), and
-   a fused case of the memory-bank workload times its floor, the cross-Gram ``X @ ref_X.T`` forward+backward,
+   a fused case of the memory-bank workload times its floor, the cross-Gram ``X @ ref_X.T`` forward+backward
+   (gradients to the same inputs as the case: ``X`` and ``ref_X``, or ``X`` alone with a detached memory),
    so (``floor_alongside_s``, what its floor target uses).
 
 The memory-bank case (a reference set of ``M`` rows, ``benchlib.MEMORY``) is the workload ``XBM``, not in
 the default ``--bench-workloads``: ``pytest bench/bench_ops.py --benchmark-only --bench-workloads XBM
---bench-no-sweeps`` runs it alone (2.5 to 6.5 minutes on the project's 2-core CPU, most of it the reference).
+--bench-no-sweeps`` runs it alone, in two variants (gradients to ``X`` and ``ref_X``; to ``X`` only, the memory
+detached as in XBM) (5 to 13 minutes on the project's 2-core CPU, most of it the reference).
 
 All outcomes, skips included (with the reason), go to a JSON file next to ``--benchmark-json``
 (``<name>.cases.json``) or to ``--bench-cases-json``; ``python bench/report.py`` turns both into
@@ -373,8 +375,9 @@ def alongside_step(case, X, labels, pairs, grad):
 
 
 def floor_alongside_step(case):
-    """The floor's timed callable (the cross-Gram ``X @ ref_X.T`` forward+backward, on its own inputs) for a
-    fused case of the memory-bank workload, whose floor target compares the two side by side; else None."""
+    """The floor's timed callable (the cross-Gram ``X @ ref_X.T`` forward+backward, on its own inputs, with
+    ``ref_X`` detached when the case's is) for a fused case of the memory-bank workload, whose floor target
+    compares the two side by side; else None."""
     if not case.cfg.memory or case.mode != "fwdbwd":
         return None
     X, labels, pairs, grad = bl.setup_case(case.cfg, "gram")
@@ -383,7 +386,7 @@ def floor_alongside_step(case):
 
     def floor():
         step()
-        bl.clear_grad(X_in)   # its dX, dref_X released, as the case's own between calls
+        bl.clear_grad(X_in)   # its dX (and dref_X) released, as the case's own between calls
     return floor
 
 

@@ -8,7 +8,8 @@ For every workload and pair layout, ``hard_negative_points`` and ``hard_negative
 ``--losses`` the five losses), forward and forward+backward: fused vs the pure-PyTorch reference eager vs
 the reference under ``torch.compile``, plus one float32 ``X @ X.T`` as the floor. The workload ``XBM`` is
 the memory-bank case (``benchlib.MEMORY``: the ops against a reference set of 4096 / 16384 rows, forward+backward
-with gradients to ``X`` and ``ref_X``, the cross-Gram ``X @ ref_X.T`` as the floor); its fused cases and floor
+with gradients to ``X`` and ``ref_X``, and to ``X`` alone with the memory detached as in XBM (configs
+``XBM[...,detached]``), the cross-Gram ``X @ ref_X.T`` as the floor, with the same gradients); its fused cases and floor
 come after the workloads' fused ones, its reference cases after the workloads' compiled forward+backward
 (eager) or last (compiled). Each case is checked
 against the fused result before timing (``benchlib.compare``), warmed up (compiled in that call), then
@@ -96,7 +97,7 @@ class Runner:
                    pairs=bl.target_pairs(cfg, target), target=target, impl=impl, mode=mode, time_s=None,
                    oom=False, peak_bytes=None, status="ok")
         if cfg.memory:
-            rec.update(M=cfg.M, ref_classes=cfg.ref_classes, ref_grad=mode == "fwdbwd",
+            rec.update(M=cfg.M, ref_classes=cfg.ref_classes, ref_grad=cfg.ref_grad and mode == "fwdbwd",
                        output_bytes=bl.output_bytes(cfg, target))
         self.results.append(rec)
         need_s = {"compiled": 45.0, "eager": 8.0}.get(impl, 2.0)

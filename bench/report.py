@@ -508,7 +508,9 @@ def memory_section(path, main_cases, main_recs):
                 "rerun `python bench/report.py`."), []
     cases = cases or main_cases
     m = cases["machine"]
-    by = {(r["M"], r["n"], r["target"], r["impl"]): r for r in recs if r["mode"] == "fwdbwd"}
+    by = {(r.get("ref_grad", True), r["M"], r["n"], r["target"], r["impl"]): r for r in recs
+          if r["mode"] == "fwdbwd"}
+    variants = [rg for rg in (False, True) if any(r.get("ref_grad", True) == rg for r in recs)]
     Ms = sorted({r["M"] for r in recs})
     ns = sorted({r["n"] for r in recs})
     any_rec = recs[0]
@@ -520,65 +522,79 @@ def memory_section(path, main_cases, main_recs):
                         if (M // 2) % C == 0 else f"every class about {(M // 2) / C:.1f} times at M={M}"
                         for M in Ms)
 
-    def floor_of(M, n, f):
+    def floor_of(rg, M, n, f):
         """The floor's time for the fused case f: timed alongside it, else the floor's own case."""
-        g = by.get((M, n, "gram", "torch"))
+        g = by.get((rg, M, n, "gram", "torch"))
         alongside = (f or {}).get("floor_alongside_s") if median(f) is not None else None
         return alongside, median(g), g
 
-    table = ["| M | n | op | fused | eager ref. | compiled ref. | X@ref_Xᵀ floor | fused / floor | eager / fused "
-             "| compiled / fused | peak mem fused | eager | compiled | floor | fused / (floor + outputs) "
-             "| reference matrix |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    def yes_no(rg):
+        return "yes" if rg else "no (detached)"
+
+    table = ["| ref_X grad | M | n | op | fused | eager ref. | compiled ref. | X@ref_Xᵀ floor | fused / floor "
+             "| eager / fused | compiled / fused | peak mem fused | eager | compiled | floor "
+             "| fused / (floor + outputs) | reference matrix |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     checks, verdicts = [], []
-    for M in Ms:
-        for n in ns:
-            for t in OPS:
-                f, e, c = (by.get((M, n, t, impl)) for impl in ("fused", "eager", "compiled"))
-                if f is None and e is None and c is None:
-                    continue
-                fl_along, fl_own, g = floor_of(M, n, f)
-                mf = median(f)
-                x_floor = ratio(mf, fl_along) if fl_along else ratio(mf, fl_own)
-                sep_floor = ratio(mf, fl_own)
-                speed = {}
-                for impl, rec in (("eager", e), ("compiled", c)):
-                    along = (rec or {}).get("fused_alongside_s") if median(rec) is not None else None
-                    speed[impl] = (ratio(median(rec), along) if along else ratio(median(rec), mf),
-                                   ratio(median(rec), mf))
-                out_b = (f or e or c).get("output_bytes") or 0
-                budget = peak(g) + out_b if peak(g) is not None else None
-                mem_x = ratio(peak(f), budget)
-                P, Q, T = B // 2, M // 2, n + 2
-                table.append("| " + " | ".join([
-                    str(M), str(n), SHORT[t], cell_time(f), cell_time(e), cell_time(c), cell_time(g),
-                    fmt_ratio(x_floor), fmt_ratio(speed["eager"][0]), fmt_ratio(speed["compiled"][0]),
-                    fmt_bytes(peak(f)), fmt_bytes(peak(e)), fmt_bytes(peak(c)), fmt_bytes(peak(g)),
-                    "—" if mem_x is None else f"{mem_x:.2f} (of {fmt_bytes(budget)})",
-                    f"{P * T}×{Q * T}: {fmt_bytes(P * T * Q * T * 4)}"]) + " |")
-                if M != MEMORY_TARGET_M:
-                    continue
-                met = None if x_floor is None else x_floor <= FLOOR_TARGET
-                shown = "—" if x_floor is None else fmt_ratio(x_floor) + (
-                    f" ({fmt_ratio(sep_floor)} against the floor case)" if fl_along and sep_floor else "")
-                verdicts.append(met)
-                checks.append(f"| fused / cross-Gram floor (fwd+bwd) | {M} | {n} | {SHORT[t]} | {shown} | "
-                              f"≤ {FLOOR_TARGET:.0f}× | {verdict(met)} |")
-                if n == XBM_SPEEDUP_N:
-                    x, sep = speed["eager"]
-                    met = None if x is None else x >= XBM_SPEEDUP
-                    shown = cell_time(e) if x is None else fmt_ratio(x) + (
-                        f" ({fmt_ratio(sep)} against the fused case)" if (e or {}).get("fused_alongside_s")
-                        and sep is not None else "")
+    for rg in variants:
+        for M in Ms:
+            for n in ns:
+                for t in OPS:
+                    f, e, c = (by.get((rg, M, n, t, impl)) for impl in ("fused", "eager", "compiled"))
+                    if f is None and e is None and c is None:
+                        continue
+                    fl_along, fl_own, g = floor_of(rg, M, n, f)
+                    mf = median(f)
+                    x_floor = ratio(mf, fl_along) if fl_along else ratio(mf, fl_own)
+                    sep_floor = ratio(mf, fl_own)
+                    speed = {}
+                    for impl, rec in (("eager", e), ("compiled", c)):
+                        along = (rec or {}).get("fused_alongside_s") if median(rec) is not None else None
+                        speed[impl] = (ratio(median(rec), along) if along else ratio(median(rec), mf),
+                                       ratio(median(rec), mf))
+                    out_b = (f or e or c).get("output_bytes") or 0
+                    budget = peak(g) + out_b if peak(g) is not None else None
+                    mem_x = ratio(peak(f), budget)
+                    P, Q, T = B // 2, M // 2, n + 2
+                    table.append("| " + " | ".join([
+                        yes_no(rg), str(M), str(n), SHORT[t], cell_time(f), cell_time(e), cell_time(c), cell_time(g),
+                        fmt_ratio(x_floor), fmt_ratio(speed["eager"][0]), fmt_ratio(speed["compiled"][0]),
+                        fmt_bytes(peak(f)), fmt_bytes(peak(e)), fmt_bytes(peak(c)), fmt_bytes(peak(g)),
+                        "—" if mem_x is None else f"{mem_x:.2f} (of {fmt_bytes(budget)})",
+                        f"{P * T}×{Q * T}: {fmt_bytes(P * T * Q * T * 4)}"]) + " |")
+                    if M != MEMORY_TARGET_M:
+                        continue
+                    head = f"| {yes_no(rg)} | {M} | {n} | {SHORT[t]} |"
+                    met = None if x_floor is None else x_floor <= FLOOR_TARGET
+                    shown = "—" if x_floor is None else fmt_ratio(x_floor) + (
+                        f" ({fmt_ratio(sep_floor)} against the floor case)" if fl_along and sep_floor else "")
                     verdicts.append(met)
-                    checks.append(f"| speed-up vs eager reference (fwd+bwd) | {M} | {n} | {SHORT[t]} | {shown} | "
-                                  f"≥ {XBM_SPEEDUP:.0f}× | {verdict(met)} |")
-                met = None if mem_x is None else mem_x <= MEM_TARGET
-                shown = "—" if mem_x is None else (f"{mem_x:.2f} ({fmt_bytes(peak(f))} of {fmt_bytes(peak(g))} + "
-                                                   f"{fmt_bytes(out_b)})")
-                verdicts.append(met)
-                checks.append(f"| fused peak extra memory / (floor peak + outputs) | {M} | {n} | {SHORT[t]} | "
-                              f"{shown} | ≤ {MEM_TARGET} | {verdict(met)} |")
+                    checks.append(f"| fused / cross-Gram floor (fwd+bwd) {head} {shown} | "
+                                  f"≤ {FLOOR_TARGET:.0f}× | {verdict(met)} |")
+                    if n == XBM_SPEEDUP_N:
+                        x, sep = speed["eager"]
+                        met = None if x is None else x >= XBM_SPEEDUP
+                        shown = cell_time(e) if x is None else fmt_ratio(x) + (
+                            f" ({fmt_ratio(sep)} against the fused case)" if (e or {}).get("fused_alongside_s")
+                            and sep is not None else "")
+                        verdicts.append(met)
+                        checks.append(f"| speed-up vs eager reference (fwd+bwd) {head} {shown} | "
+                                      f"≥ {XBM_SPEEDUP:.0f}× | {verdict(met)} |")
+                    met = None if mem_x is None else mem_x <= MEM_TARGET
+                    shown = "—" if mem_x is None else (f"{mem_x:.2f} ({fmt_bytes(peak(f))} of {fmt_bytes(peak(g))} + "
+                                                       f"{fmt_bytes(out_b)})")
+                    verdicts.append(met)
+                    checks.append(f"| fused peak extra memory / (floor peak + outputs) {head} "
+                                  f"{shown} | ≤ {MEM_TARGET} | {verdict(met)} |")
+    grads = []
+    for rg in variants:
+        checked = [r for r in recs if r.get("checked") and r.get("ref_grad", True) == rg and r["mode"] == "fwdbwd"]
+        if not checked:
+            continue
+        names = [k for k in ("dX", "dref_X") if any(f"rel_err_{k}" in r for r in checked)]
+        worst = ", ".join(f"`{k}` {max(r.get(f'rel_err_{k}', 0.0) for r in checked):.1e}" for k in names)
+        grads.append(f"ref_X grad {'yes' if rg else 'no'}: {len(checked)} reference cases checked, gradients "
+                     f"compared {' and '.join(f'`{k}`' for k in names)}, largest relative error {worst}")
     met = [v for v in verdicts if v is not None]
     n_ok = sum(1 for r in recs if r.get("status") == "ok")
     skipped = [r for r in recs if r.get("status") != "ok"]
@@ -586,19 +602,29 @@ def memory_section(path, main_cases, main_recs):
         f"The searches against a reference set (`ref_X`, `ref_pairs`, `ref_labels`: a memory bank, as in XBM), "
         f"fused vs the pure-PyTorch twin (`ee_cuda.reference.<op>(..., ref_X=...)`: all `(n+2)·P` query points and "
         f"`(n+2)·Q` reference points materialized, and the full distance matrix between them), eager and under "
-        f"`torch.compile`, against the floor: the cross-Gram `X @ ref_X.T` forward+backward (the forward product "
-        f"and its two backward ones, `dX = dG ref_X` and `dref_X = dGᵀ X`, against a fixed random `B×M` output "
-        f"gradient), which the fused kernel pays as well. Batch: B={B}, D={D}, {classes} classes × {K} (a PK sampler "
-        f"with K={K}), adjacent pairs (P={B // 2}); memory: M ∈ {{{', '.join(str(v) for v in Ms)}}} rows in the "
-        f"adjacent layout (Q = M/2 pairs) labelled from {C} classes in a seeded random order "
+        f"`torch.compile`, against the floor: the cross-Gram `X @ ref_X.T` forward+backward (against a fixed random "
+        f"`B×M` output gradient), which the fused kernel pays as well. Batch: B={B}, D={D}, {classes} classes × {K} "
+        f"(a PK sampler with K={K}), adjacent pairs (P={B // 2}); memory: M ∈ {{{', '.join(str(v) for v in Ms)}}} "
+        f"rows in the adjacent layout (Q = M/2 pairs) labelled from {C} classes in a seeded random order "
         f"({repeats}; the batch's {classes} classes are among them, as in XBM, "
         f"whose memory holds the current batch); rows L2-normalized random normal, float32, CPU. "
-        f"Forward+backward differentiates `dist` against a fixed random gradient (zero where `dist = inf`) with "
-        f"**both `X` and `ref_X` requiring grad** (in XBM the memory is detached; that variant is not measured "
-        f"here), so the floor has both backward products too. Every case is checked against the "
-        f"fused result first (`dX` and `dref_X` relative error ≤ 1e-2). Each fused case times the floor alongside "
-        f"(5 calls just before its rounds and 5 just after), and each reference case the fused op, as for the "
-        f"targets above.",
+        f"Forward+backward differentiates `dist` against a fixed random gradient (zero where `dist = inf`), in two "
+        f"variants, the column *ref_X grad* of the tables:",
+        "",
+        "- **ref_X grad: no** — only `X` requires grad, `ref_X` is detached. **This is XBM's case**: the memory "
+        "holds embeddings of past batches, enqueued detached, and only the current batch is differentiated. "
+        "The library then skips the `dref_X = dGᵀ X` product and the reference's own gradient entries. The floor "
+        "is the forward product and one backward product, `dX = dG ref_X`; the checks compare `dX` only."
+        + ("" if False in variants else " *(Not in this run.)*"),
+        "- **ref_X grad: yes** — both `X` and `ref_X` require grad (a memory that is itself trained, or a "
+        "reference set that is a second batch). The floor has both backward products, `dX = dG ref_X` and "
+        "`dref_X = dGᵀ X`; the checks compare `dX` and `dref_X`."
+        + ("" if True in variants else " *(Not in this run.)*"),
+        "",
+        "Every case is checked against the fused result of its variant first (relative error of each compared "
+        "gradient ≤ 1e-2" + (f"; {'; '.join(grads)}" if grads else "") + "). Each fused case times the floor "
+        "of its variant alongside (5 calls just before its rounds and 5 just after), and each reference case the "
+        "fused op, as for the targets above.",
         "",
         "```",
         f"{m.get('command')}",
@@ -612,11 +638,12 @@ def memory_section(path, main_cases, main_recs):
         f"Targets at M={MEMORY_TARGET_M}: fused forward+backward within {FLOOR_TARGET:.0f}× the floor's (every n; "
         f"the floor timed alongside the fused case, in brackets the ratio against the floor's own case), at "
         f"n={XBM_SPEEDUP_N} at least {XBM_SPEEDUP:.0f}× faster than the eager reference (timed alongside, as above), "
-        f"and fused peak extra memory within {MEM_TARGET}× the floor's peak (its `B×M` product and the two "
-        f"gradients) plus the op's outputs (`dist` + int64 `index`).",
+        f"and fused peak extra memory within {MEM_TARGET}× the floor's peak (its `B×M` product and its gradients: "
+        f"`dX` and `dref_X`, or `dX` alone when detached) plus the op's outputs (`dist` + int64 `index`); each "
+        f"variant against its own floor.",
         "",
-        "| check | M | n | target | measured | goal | met |",
-        "|---|---|---|---|---|---|---|",
+        "| check | ref_X grad | M | n | target | measured | goal | met |",
+        "|---|---|---|---|---|---|---|---|",
         *checks,
         "",
         "Forward + backward, median; ratios of the fused op to the floor as in the targets (timed alongside), "
