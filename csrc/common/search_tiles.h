@@ -261,7 +261,8 @@ EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>&
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward: the dG entries of one output. The GPU runs one thread per output and adds them atomically;
-// the CPU emulation (tests) adds them in a loop; the CPU kernels use the same terms, owner-computed.
+// the CPU runs the same scatter serially where the tests force it (route_cpu.h); the CPU kernels use the
+// same terms, owner-computed.
 
 template <typename acc_t>
 EE_HD PointRef<acc_t> point_ref(const PairSet<acc_t>& set, int64_t pair, int64_t t, int64_t T, bool normalize) {

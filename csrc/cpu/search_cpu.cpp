@@ -9,7 +9,8 @@
 // else their gradients are gathered into a dense dG (rows owned by the task of their pair component, no
 // races) and finished with dX = (dG + dG^T) X, one B x B x D product. hard_negative_points has P x T
 // outputs, so their few dG entries are merged per row and each row of dX is summed in D-space from the
-// rows of X they name.
+// rows of X they name. The tests can force each route (route_cpu.h), the CUDA backward's serial scatter among
+// them.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -39,7 +40,7 @@ using at::Tensor;
 
 // G = X X^T. G is symmetric, so for large B only the block rows on and right of the diagonal are multiplied,
 // one BLAS call per panel of 64 rows (G[i0:i0+64, i0:] = X[i0:i0+64] X[i0:]^T, written into G's storage:
-// 53% of the full product at B = 1024), and `lower_missing` is set: the lower triangle is then filled by
+// about half the full product), and `lower_missing` is set: the lower triangle is then filled by
 // mirror_upper(), which also makes G exactly symmetric, unless the search reads the upper one only.
 // Panels rather than square blocks: fewer, longer BLAS calls, so less packing of the operands.
 Tensor gram_upper_cpu(const Tensor& X, bool& lower_missing) {
@@ -263,7 +264,7 @@ Tensor pairs_backward_through_points(const BackwardArrays<acc_t>& arr, const Ten
   constexpr int64_t kW = ColumnBlocks<acc_t>::kWidth;
   const int64_t stride = ColumnBlocks<acc_t>(1, D).blocks * kW;  // D rounded up to whole column blocks
   // Pairs per chunk: their points' block within about 20 KiB of L1, and all their points within the bytes of
-  // the B x B Gram matrix the forward held (at W1, B = 128, its whole budget is about 0.4 MiB).
+  // the B x B Gram matrix the forward held, so that the backward needs no more memory than the forward.
   const int64_t chunk =
       std::max<int64_t>(1, std::min({P, 20480 / (T * kW * int64_t(sizeof(acc_t))), B * B / (T * stride)}));
   const int64_t slots = 2 * chunk;  // terms of one p per chunk, at most
@@ -399,7 +400,7 @@ Tensor hard_negative_pairs_backward_cpu(const Tensor& grad_, const Tensor& X_, c
 // listed; the own entries are summed per point, then per pair (three entries each), and listed last. The
 // list is flushed every kFlushEntries entries (bounded memory): mirrored into the rows of S = dG + dG^T,
 // merged per (row, column), and each row of dX adds the rows of X its entries name (rows owned by tasks).
-// 512 entries hold 28 KiB of scratch; at W1 (B = 128) the op's whole budget is about 0.5 MiB.
+// The flush bound keeps the scratch small next to the op's own outputs, whatever P is.
 Tensor hard_negative_points_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& pairs_,
                                          const Tensor& dist_, const Tensor& index_, int64_t n, bool normalize) {
   const int64_t P = pairs_.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
