@@ -476,3 +476,18 @@ def test_cuda_memory_enqueues_without_synchronization_and_matches_cpu():
         a = cpu.loss(X, y, ref_emb=cpu.contents()[0], ref_labels=cpu.contents()[1])
         b = gpu.loss(X.detach().cuda(), y.cuda(), ref_emb=gpu.contents()[0], ref_labels=gpu.contents()[1])
         torch.testing.assert_close(b.cpu(), a.detach(), rtol=1e-4, atol=1e-5, msg=lambda m: f"seed={seed}: {m}")
+
+
+def test_twins_with_an_empty_reference():
+    """An empty reference set gives every item no negative: 0 from each twin, as from the fused loss."""
+    X = torch.randn(8, 5, dtype=torch.float64)
+    labels = torch.arange(4).repeat_interleave(2)
+    empty = dict(ref_emb=torch.randn(0, 5, dtype=torch.float64), ref_labels=torch.zeros(0, dtype=torch.long))
+    twins = [(R.hphn_triplet, L.HPHNTripletLoss), (R.triplet, L.TripletLoss),
+             (R.lifted_structure, L.LiftedStructureLoss), (R.npair, L.NPairLoss),
+             (R.multi_similarity, L.MultiSimilarityLoss)]
+    for twin, fused in twins:
+        for n in (0, 2):
+            got = twin(X, labels, n_inner_pts=n, **empty)
+            assert torch.equal(got, torch.zeros_like(got)), twin.__name__
+            torch.testing.assert_close(got, fused(n_inner_pts=n)(X, labels, **empty))

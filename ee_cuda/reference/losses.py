@@ -94,7 +94,7 @@ def _hphn_triplet_with_reference(X, labels, ref_X, ref_labels, margin, soft_marg
         ref_aug, ref_aug_labels = ops.embedding_aug(ref_X, ref_labels, 2, n_inner_pts, l2_norm)
     dist = _euclidean_dist(aug, ref_aug)
     dist = torch.where(aug_labels[:, None] != ref_aug_labels[None, :], dist, torch.full_like(dist, float("inf")))
-    dist = torch.cat([dist, torch.full_like(dist[:, :1], float("inf"))], dim=1)  # the reference may be empty
+    dist = torch.cat([dist, dist.new_full((dist.shape[0], 1), float("inf"))], dim=1)  # the reference may be empty
     has_neg = (labels[:, None] != ref_labels[None, :]).any(dim=1)
     dist_an = dist.min(dim=1).values.reshape(n_inner_pts + 1, B).min(dim=0).values
     dist_an = torch.where(has_neg, dist_an, torch.zeros_like(dist_an))
@@ -119,7 +119,7 @@ def hard_negative_pair_stats(X, labels, pairs, n_inner_pts, l2_norm=True, ref=No
         A_ref = ops.augmented_points(ref_X, ref_pairs.long(), n_inner_pts, l2_norm)   # (Q, T, D)
         ref_lab = ref_labels[ref_pairs[:, 0].long()]
     Q = A_ref.shape[0]
-    flat, flat_ref = A.reshape(P * T, -1), A_ref.reshape(Q * T, -1)
+    flat, flat_ref = A.reshape(P * T, X.shape[1]), A_ref.reshape(Q * T, X.shape[1])  # P or Q may be 0
     d_p = torch.cdist(A[:, :1], A[:, T - 1:], compute_mode="donot_use_mm_for_euclid_dist").view(P)  # ||x_i - x_j||
     s_p = (A[:, 0] * A[:, T - 1]).sum(dim=1)                                                        # <x_i, x_j>
     dist = torch.cdist(flat, flat_ref, compute_mode="donot_use_mm_for_euclid_dist").view(P, T, Q, T)
@@ -127,9 +127,6 @@ def hard_negative_pair_stats(X, labels, pairs, n_inner_pts, l2_norm=True, ref=No
     dist = dist.permute(0, 2, 1, 3).reshape(P, Q, T * T)
     dots = dots.permute(0, 2, 1, 3).reshape(P, Q, T * T)
     neg = lab[:, None] != ref_lab[None, :]
-    if Q == 0:  # an empty reference: nothing to minimize over
-        zero = dist.new_zeros(P, Q)
-        return d_p, s_p, zero, zero, neg
     dhat, arg = dist.min(dim=-1)
     shat = dots.gather(-1, arg[..., None]).squeeze(-1)
     zero = torch.zeros_like(dhat)
@@ -149,10 +146,10 @@ def _lse_masked(z, mask, add_one):
     """``log(Σ_{mask} exp z)`` (``log(1 + Σ ...)`` with ``add_one``); rows with an empty mask give 0."""
     z = torch.where(mask, z, torch.full_like(z, float("-inf")))
     if add_one:
-        z = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
+        z = torch.cat([z.new_zeros(z.shape[0], 1), z], dim=1)
     has = torch.isfinite(z).any(dim=1)
     z = torch.where(has[:, None], z, torch.zeros_like(z))
-    return torch.where(has, torch.logsumexp(z, dim=1), torch.zeros_like(z[:, 0]))
+    return torch.where(has, torch.logsumexp(z, dim=1), z.new_zeros(z.shape[0]))
 
 
 def triplet(embeddings, labels, margin=0.2, n_inner_pts=0, l2_norm=True, reduction="mean", pairs=None,
