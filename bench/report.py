@@ -461,6 +461,13 @@ def _load(x):
     return "/".join(f"{v:.1f}" for v in x) if x else "?"
 
 
+def run_lines(m, cases, n_ok, skipped, met):
+    """A run's command block, machine lines and summary line (cases timed, skipped, targets met)."""
+    return ["```", f"{m.get('command')}", "python bench/report.py", "```", "", *machine_lines(m),
+            f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {skipped}. "
+            f"Targets met: {sum(1 for v in met if v)} of {len(met)} checked."]
+
+
 def machine_lines(m):
     """The machine, threads and software bullets of a run's ``machine`` record."""
     info = m.get("ee_cuda_build_info", {})
@@ -626,14 +633,7 @@ def memory_section(path, main_cases, main_recs):
         "of its variant alongside (5 calls just before its rounds and 5 just after), and each reference case the "
         "fused op, as for the targets above.",
         "",
-        "```",
-        f"{m.get('command')}",
-        "python bench/report.py",
-        "```",
-        "",
-        *machine_lines(m),
-        f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {len(skipped)} skipped. "
-        f"Targets met: {sum(1 for v in met if v)} of {len(met)} checked.",
+        *run_lines(m, cases, n_ok, f"{len(skipped)} skipped", met),
         "",
         f"Targets at M={MEMORY_TARGET_M}: fused forward+backward within {FLOOR_TARGET:.0f}× the floor's (every n; "
         f"the floor timed alongside the fused case, in brackets the ratio against the floor's own case), at "
@@ -711,14 +711,7 @@ def main(argv=None):
         + (", and on a memory bank (a reference set, from its own run: see [its section](#memory-bank-reference-set)). "
            "All other numbers below come from one run:" if mem_own_run else ". All numbers below come from one run:"),
         "",
-        "```",
-        f"{m.get('command')}",
-        "python bench/report.py",
-        "```",
-        "",
-        *machine_lines(m),
-        f"- Run: {m.get('date_utc')} UTC, {cases.get('elapsed_s')} s; {n_ok} cases timed, {n_skip} skipped "
-        f"(listed at the end, with the reason). Targets met: {sum(1 for v in met if v)} of {len(met)} checked.",
+        *run_lines(m, cases, n_ok, f"{n_skip} skipped (listed at the end, with the reason)", met),
         "",
         "## Targets",
         "",

@@ -21,16 +21,20 @@ def _expand_fake(X, pairs, n_inner, normalize):
     return X.new_empty(pairs.shape[0], n_inner, X.shape[1])
 
 
+def _search_outputs(X, pairs, cols):
+    """A search's ``(dist (P, cols), index (P, cols, 2))``."""
+    P = pairs.shape[0]
+    return _dist_like(X, P, cols), pairs.new_empty(P, cols, 2)
+
+
 @torch.library.register_fake(_lib + "hard_negative_pairs")
 def _pairs_fake(X, pairs, labels, n_inner, normalize):
-    P = pairs.shape[0]
-    return _dist_like(X, P, P), pairs.new_empty(P, P, 2)
+    return _search_outputs(X, pairs, pairs.shape[0])
 
 
 @torch.library.register_fake(_lib + "hard_negative_points")
 def _points_fake(X, pairs, labels, n_inner, normalize):
-    P = pairs.shape[0]
-    return _dist_like(X, P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
+    return _search_outputs(X, pairs, n_inner + 2)
 
 
 @torch.library.register_fake(_lib + "expand_backward")
@@ -50,14 +54,12 @@ def _points_backward_fake(grad, X, pairs, dist, index, n_inner, normalize):
 
 @torch.library.register_fake(_lib + "hard_negative_pairs_ref")
 def _pairs_ref_fake(X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, normalize):
-    P, Q = pairs.shape[0], ref_pairs.shape[0]
-    return _dist_like(X, P, Q), pairs.new_empty(P, Q, 2)
+    return _search_outputs(X, pairs, ref_pairs.shape[0])
 
 
 @torch.library.register_fake(_lib + "hard_negative_points_ref")
 def _points_ref_fake(X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, normalize):
-    P = pairs.shape[0]
-    return _dist_like(X, P, n_inner + 2), pairs.new_empty(P, n_inner + 2, 2)
+    return _search_outputs(X, pairs, n_inner + 2)
 
 
 def _ref_grad_like(ref_X, ref_grad):
@@ -88,15 +90,19 @@ def _backward_expand(ctx, grad):
     return dX, None, None, None
 
 
-def _setup_search(ctx, inputs, output):
-    X, pairs, labels, n_inner, normalize = inputs
-    dist, index = output
-    ctx.save_for_backward(X, pairs, dist, index)
+def _save_search(ctx, tensors, index, n_inner, normalize):
+    ctx.save_for_backward(*tensors)
     ctx.n_inner, ctx.normalize = n_inner, normalize
     # index has no gradient; without this autograd would hand the backward a zero int64 tensor of index's
     # shape (P x P x 2 for hard_negative_pairs: 8x the memory of dist).
     ctx.mark_non_differentiable(index)
     ctx.set_materialize_grads(False)
+
+
+def _setup_search(ctx, inputs, output):
+    X, pairs, labels, n_inner, normalize = inputs
+    dist, index = output
+    _save_search(ctx, (X, pairs, dist, index), index, n_inner, normalize)
 
 
 def _search_backward(op):
@@ -112,10 +118,7 @@ def _search_backward(op):
 def _setup_reference_search(ctx, inputs, output):
     X, pairs, labels, ref_X, ref_pairs, ref_labels, n_inner, normalize = inputs
     dist, index = output
-    ctx.save_for_backward(X, pairs, ref_X, ref_pairs, dist, index)
-    ctx.n_inner, ctx.normalize = n_inner, normalize
-    ctx.mark_non_differentiable(index)
-    ctx.set_materialize_grads(False)
+    _save_search(ctx, (X, pairs, ref_X, ref_pairs, dist, index), index, n_inner, normalize)
 
 
 def _reference_search_backward(op):

@@ -105,7 +105,7 @@ class CrossBatchMemory(nn.Module):
         self.loss = loss
         self.embedding_size = _positive_int(embedding_size, "embedding_size")
         self.memory_size = _positive_int(memory_size, "memory_size")
-        self._check_memory_layout()
+        self._adjacent = self._check_memory_layout()
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (a loss's compute dtype), got {dtype}")
         self.register_buffer("embedding_memory", torch.zeros(memory_size, embedding_size, dtype=dtype, device=device))
@@ -145,7 +145,7 @@ class CrossBatchMemory(nn.Module):
                             f"but the memory holds {memory.dtype}; construct it with that dtype or use .to(dtype)")
         if B > self.memory_size:
             raise ValueError(f"a batch of B={B} rows does not fit a memory of memory_size={self.memory_size}")
-        if self._check_memory_layout():
+        if self._adjacent:
             if B % 2:
                 raise ValueError(f"{_ee_loss_of(self.loss)!r} needs even batches in the adjacent layout, got B={B}")
             ops.positive_pairs(labels, "adjacent")  # the layout, before the batch is written

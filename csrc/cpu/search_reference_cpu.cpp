@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/reference_inputs.h"
 #include "../common/search_tiles.h"
 #include "pair_components_cpu.h"
 #include "route_cpu.h"
@@ -31,23 +32,17 @@ template <bool kPoints>
 std::tuple<Tensor, Tensor> search_reference_cpu(const Tensor& X_, const Tensor& pairs_, const Tensor& labels_,
                                                  const Tensor& ref_X_, const Tensor& ref_pairs_,
                                                  const Tensor& ref_labels_, int64_t n, bool normalize) {
-  check_search_inputs(X_, pairs_, labels_, n);
-  check_reference_inputs(X_, ref_X_, ref_pairs_, ref_labels_);
-  const Tensor pairs = pairs_.contiguous(), labels = labels_.contiguous();
-  const Tensor ref_pairs = ref_pairs_.contiguous(), ref_labels = ref_labels_.contiguous();
-  check_pair_values_on_cpu(pairs, X_.size(0), labels);
-  check_pair_values_on_cpu(ref_pairs, ref_X_.size(0), ref_labels, "ref_pairs", "ref_labels");
-  const int64_t P = pairs.size(0), Q = ref_pairs.size(0), T = n + 2;
-  Tensor dist = at::empty({P, kPoints ? T : Q}, X_.options().dtype(acc_type_of(X_)));
-  Tensor index = at::empty({P, kPoints ? T : Q, 2}, pairs.options());
-  if (P == 0 || Q == 0) return {dist.fill_(INFINITY), index.fill_(-1)};
-  const Tensor X = X_.to(acc_type_of(X_)).contiguous(), Y = ref_X_.to(acc_type_of(X_)).contiguous();
-  const Tensor gram = at::mm(X, Y.t());
+  const ReferenceForward in =
+      reference_forward_inputs(X_, pairs_, labels_, ref_X_, ref_pairs_, ref_labels_, n, kPoints);
+  if (in.empty) return {in.dist, in.index};
+  const Tensor &X = in.X, &Y = in.Y, &pairs = in.pairs, &labels = in.labels;
+  const Tensor &ref_pairs = in.ref_pairs, &ref_labels = in.ref_labels;
+  const int64_t Q = ref_pairs.size(0), T = n + 2;
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_cpu", [&] {
     using acc_t = scalar_t;
-    acc_t* d = dist.data_ptr<acc_t>();
-    int64_t* idx = index.data_ptr<int64_t>();
-    const acc_t* g = gram.data_ptr<acc_t>();
+    acc_t* d = in.dist.data_ptr<acc_t>();
+    int64_t* idx = in.index.data_ptr<int64_t>();
+    const acc_t* g = in.gram.data_ptr<acc_t>();
     if (!cpu_routes().tiles && row_keys_fit<acc_t>(Q, T, kPoints)) {
       const PairBlocks<acc_t> query(X, pairs, labels, n, normalize), ref(Y, ref_pairs, ref_labels, n, normalize);
       if (query.endpoints_finite() && ref.endpoints_finite()) {
@@ -60,7 +55,7 @@ std::tuple<Tensor, Tensor> search_reference_cpu(const Tensor& X_, const Tensor& 
     const SearchArgs<acc_t> args{g, query.view(), ref.view(), T, false};
     kPoints ? run_point_tiles(args, d, idx) : run_pair_tiles(args, d, idx);
   });
-  return {dist, index};
+  return {in.dist, in.index};
 }
 
 // dY += S Y for the own entries own (count, 3) of `pairs` (own_rows()); a pair's rows belong to its component.
@@ -87,20 +82,15 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad_, co
                                                          const Tensor& ref_X_, const Tensor& ref_pairs_,
                                                          const Tensor& dist_, const Tensor& index_, int64_t n,
                                                          bool normalize, bool ref_grad) {
-  const int64_t P = pairs_.size(0), Q = ref_pairs_.size(0), T = n + 2, B = X_.size(0), R = ref_X_.size(0);
-  const std::vector<int64_t> out_shape{P, kPoints ? T : Q};
-  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n, out_shape);
-  check_reference_inputs(X_, ref_X_, ref_pairs_);
-  const Tensor pairs = pairs_.contiguous(), ref_pairs = ref_pairs_.contiguous();
-  check_pair_values_on_cpu(pairs, B);
-  check_pair_values_on_cpu(ref_pairs, R, at::Tensor(), "ref_pairs");
-  const Tensor no_ref_grad = ref_X_.new_empty({0, ref_X_.size(1)});
-  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), ref_grad ? at::zeros_like(ref_X_) : no_ref_grad};
-  const at::ScalarType acc = acc_type_of(X_);
-  const Tensor X = X_.to(acc).contiguous(), Y = ref_X_.to(acc).contiguous();
-  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous(), index = index_.contiguous();
-  Tensor dG = at::zeros({B, R}, X.options()), dX, dY;
-  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_search_reference_backward_cpu", [&] {
+  const ReferenceBackward in =
+      reference_backward_inputs(grad_, X_, pairs_, ref_X_, ref_pairs_, dist_, index_, n, kPoints);
+  Tensor dX, dY;
+  if (in.empty) return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
+  const Tensor &X = in.X, &Y = in.Y, &pairs = in.pairs, &ref_pairs = in.ref_pairs;
+  const Tensor &grad = in.grad, &dist = in.dist, &index = in.index;
+  const int64_t P = pairs.size(0), Q = ref_pairs.size(0), T = n + 2, B = X.size(0), R = Y.size(0);
+  Tensor dG = at::zeros({B, R}, X.options());
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_backward_cpu", [&] {
     using acc_t = scalar_t;
     const TileSet<acc_t> query(X, pairs, at::Tensor(), n, normalize), ref(Y, ref_pairs, at::Tensor(), n, normalize);
     const SearchArgs<acc_t> args{nullptr, query.view(), ref.view(), T, false};
@@ -140,7 +130,7 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad_, co
     dY = at::mm(dG.t(), X);
     add_own_entries(dY, Y, ref_pairs, ref_own);
   });
-  return {dX.to(X_.scalar_type()), ref_grad ? dY.to(X_.scalar_type()) : no_ref_grad};
+  return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "../common/checks.h"
+#include "../common/reference_inputs.h"
 #include "../common/search_tiles.h"
 #include "coef_table_cuda.cuh"
 
@@ -178,24 +179,18 @@ template <bool kPoints>
 std::tuple<Tensor, Tensor> search_reference_cuda(const Tensor& X_, const Tensor& pairs_, const Tensor& labels_,
                                                  const Tensor& ref_X_, const Tensor& ref_pairs_,
                                                  const Tensor& ref_labels_, int64_t n, bool normalize) {
-  check_search_inputs(X_, pairs_, labels_, n);
-  check_reference_inputs(X_, ref_X_, ref_pairs_, ref_labels_);
   const c10::cuda::CUDAGuard guard(X_.device());
-  const Tensor pairs = pairs_.contiguous(), labels = labels_.contiguous();
-  const Tensor ref_pairs = ref_pairs_.contiguous(), ref_labels = ref_labels_.contiguous();
-  const int64_t P = pairs.size(0), Q = ref_pairs.size(0), T = n + 2;
-  Tensor dist = at::empty({P, kPoints ? T : Q}, X_.options().dtype(acc_type_of(X_)));
-  Tensor index = at::empty({P, kPoints ? T : Q, 2}, pairs.options());
-  if (P == 0 || Q == 0) return {dist.fill_(INFINITY), index.fill_(-1)};
-  const Tensor X = X_.to(acc_type_of(X_)).contiguous(), Y = ref_X_.to(acc_type_of(X_)).contiguous();
-  const Tensor gram = at::mm(X, Y.t());
-  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_cuda", [&] {
+  const ReferenceForward in =
+      reference_forward_inputs(X_, pairs_, labels_, ref_X_, ref_pairs_, ref_labels_, n, kPoints);
+  if (in.empty) return {in.dist, in.index};
+  AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_search_reference_cuda", [&] {
     using acc_t = scalar_t;
-    const DeviceSet<acc_t> query(X, pairs, &labels, n, normalize), ref(Y, ref_pairs, &ref_labels, n, normalize);
-    launch_search(SearchArgs<acc_t>{gram.data_ptr<acc_t>(), query.view, ref.view, T, false}, kPoints,
-                  dist.data_ptr<acc_t>(), index.data_ptr<int64_t>());
+    const DeviceSet<acc_t> query(in.X, in.pairs, &in.labels, n, normalize);
+    const DeviceSet<acc_t> ref(in.Y, in.ref_pairs, &in.ref_labels, n, normalize);
+    launch_search(SearchArgs<acc_t>{in.gram.data_ptr<acc_t>(), query.view, ref.view, n + 2, false}, kPoints,
+                  in.dist.data_ptr<acc_t>(), in.index.data_ptr<int64_t>());
   });
-  return {dist, index};
+  return {in.dist, in.index};
 }
 
 template <bool kPoints>
@@ -233,23 +228,19 @@ std::tuple<Tensor, Tensor> search_reference_backward_cuda(const Tensor& grad_, c
                                                           const Tensor& ref_X_, const Tensor& ref_pairs_,
                                                           const Tensor& dist_, const Tensor& index_, int64_t n,
                                                           bool normalize, bool ref_grad) {
-  const int64_t P = pairs_.size(0), Q = ref_pairs_.size(0), T = n + 2, B = X_.size(0), R = ref_X_.size(0);
-  check_search_backward_inputs(grad_, X_, pairs_, dist_, index_, n,
-                               kPoints ? at::IntArrayRef{P, T} : at::IntArrayRef{P, Q});
-  check_reference_inputs(X_, ref_X_, ref_pairs_);
   const c10::cuda::CUDAGuard guard(X_.device());
-  const Tensor no_ref_grad = ref_X_.new_empty({0, ref_X_.size(1)});
-  if (P == 0 || Q == 0 || X_.size(1) == 0) return {at::zeros_like(X_), ref_grad ? at::zeros_like(ref_X_) : no_ref_grad};
+  const ReferenceBackward in =
+      reference_backward_inputs(grad_, X_, pairs_, ref_X_, ref_pairs_, dist_, index_, n, kPoints);
+  Tensor dX, dY;
+  if (in.empty) return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
   at::globalContext().alertNotDeterministic(kPoints ? "ee_cuda::hard_negative_points_ref_backward on CUDA"
                                                     : "ee_cuda::hard_negative_pairs_ref_backward on CUDA");
-  const at::ScalarType acc = acc_type_of(X_);
-  const Tensor pairs = pairs_.contiguous(), ref_pairs = ref_pairs_.contiguous(), index = index_.contiguous();
-  const Tensor X = X_.to(acc).contiguous(), Y = ref_X_.to(acc).contiguous();
-  const Tensor grad = grad_.to(acc).contiguous(), dist = dist_.to(acc).contiguous();
+  const Tensor &X = in.X, &Y = in.Y, &pairs = in.pairs, &ref_pairs = in.ref_pairs;
+  const Tensor &grad = in.grad, &dist = in.dist, &index = in.index;
+  const int64_t P = pairs.size(0), Q = ref_pairs.size(0), T = n + 2, B = X.size(0), R = Y.size(0);
   Tensor dG = at::zeros({B, R}, X.options());
   Tensor own = at::zeros({P, 3}, X.options()), ref_own = at::zeros({Q, 3}, X.options());
-  Tensor dX, dY;
-  AT_DISPATCH_FLOATING_TYPES(acc, "hard_negative_search_reference_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_backward_cuda", [&] {
     using acc_t = scalar_t;
     auto stream = at::cuda::getCurrentCUDAStream();
     const DeviceSet<acc_t> query(X, pairs, nullptr, n, normalize), ref(Y, ref_pairs, nullptr, n, normalize);
@@ -270,7 +261,7 @@ std::tuple<Tensor, Tensor> search_reference_backward_cuda(const Tensor& grad_, c
         ref.view, Y.data_ptr<acc_t>(), D, ref_own.data_ptr<acc_t>(), dY.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {dX.to(X_.scalar_type()), ref_grad ? dY.to(X_.scalar_type()) : no_ref_grad};
+  return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
 }
 
 }  // namespace
