@@ -474,12 +474,11 @@ def est_ref_seconds(cfg, target, mode, seconds_per_unit=1.2e-10):
 def est_ref_bytes(cfg, target, mode) -> int:
     """Rough peak bytes of the reference: a few ``M × M`` float32 matrices alive at once (with a reference
     set: a few ``M × Q·T`` ones and a few copies of the memory's ``Q·T × D`` augmented points)."""
+    k = {"fwd": 2.5, "fwdbwd": 5.0}[mode]
     if cfg.memory:
-        k = {"fwd": 2.5, "fwdbwd": 5.0}[mode]
         cols = ref_candidates(cfg)
         return int(k * ref_points(cfg, target) * cols * 4 + k * cols * cfg.D * 4)
     M = ref_points(cfg, target)
-    k = {"fwd": 2.5, "fwdbwd": 5.0}[mode]
     if target == "HPHNTripletLoss":
         k *= 2
     if target in PAIR_LOSSES:
@@ -487,7 +486,7 @@ def est_ref_bytes(cfg, target, mode) -> int:
     return int(k * M * M * 4)
 
 
-def fused_budget_bytes(cfg, target, mode, dtype_bytes=4) -> int:
+def fused_budget_bytes(cfg, target, mode, dtype_bytes=4) -> int | None:
     """``B×B`` Gram matrix plus the op's outputs (dist + int64 index); plus ``dX`` and the output
     gradient for forward+backward. For a loss: those of the op it runs on (its scalar output is free)."""
     if cfg.memory:

@@ -352,13 +352,14 @@ def _run(benchmark, case, meter):
         median = stats.stats.median
         _STATE["measured"][(cfg.key(), target, mode, impl)] = median
     budget = bl.fused_budget_bytes(cfg, target, mode)
-    extra = dict(case.record(), rounds=rounds, iterations=iterations,
+    record = case.record()
+    extra = dict(record, rounds=rounds, iterations=iterations,
                  first_call_s=t_first, peak_bytes=peak["bytes"], budget_bytes=budget,
                  est_ref_s=est, fused_alongside_s=fused_alongside_s, **info)
     if floor_alongside_s is not None:
         extra["floor_alongside_s"] = floor_alongside_s
     benchmark.extra_info.update(extra)
-    _record(case, status="ok", median_s=median, **{k: v for k, v in extra.items() if k not in case.record()})
+    _record(case, status="ok", median_s=median, **{k: v for k, v in extra.items() if k not in record})
 
 
 FUSED_ALONGSIDE_CALLS = 5

@@ -114,12 +114,11 @@ def _earlier_invocations(out: str, todo, cfg: ReproConfig) -> list:
         return []
     with open(path) as f:
         old = json.load(f)
-    kept = []
+    kept, mine = [], cfg.to_json()
     for r in old.get("invocations") or [{k: v for k, v in old.items() if k != "invocations"}]:
         left = [e for e in r.get("experiments", []) if e not in todo]
         if not left:
             continue
-        mine = cfg.to_json()
         differ = sorted(k for k, v in r.get("config", {}).items()
                         if k in mine and k != "default_experiments" and v != mine[k])
         if differ:
