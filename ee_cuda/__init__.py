@@ -26,7 +26,9 @@ __all__ = ["expand", "hard_negative_pairs", "hard_negative_points", "positive_pa
 
 
 def build_info() -> dict:
-    """Which fused kernels this install has: ``{"cpu", "openmp", "cuda", "cuda_arch_list", "torch", "backend"}``."""
+    """Which fused kernels this install has: ``{"cpu", "openmp", "cpu_vector_isa", "cuda", "cuda_arch_list", "torch",
+    "backend"}`` (``cpu_vector_isa``: ``"avx2"`` or ``"baseline"``, the copy of the CPU's vectorized loops that runs:
+    AVX2 where the CPU has it, unless ``ATEN_CPU_CAPABILITY=default``)."""
     info = compiled_info()
     info["torch"] = torch.__version__
     info["backend"] = "fused" if _C is not None else "reference"

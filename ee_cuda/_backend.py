@@ -31,7 +31,7 @@ _warned: set = set()
 
 def compiled_info() -> dict:
     if _C is None:
-        return {"cpu": False, "openmp": False, "cuda": False, "cuda_arch_list": None}
+        return {"cpu": False, "openmp": False, "cpu_vector_isa": None, "cuda": False, "cuda_arch_list": None}
     return dict(_C.build_info())
 
 

@@ -12,7 +12,9 @@ import ee_cuda
 
 def test_build_info_keys():
     info = ee_cuda.build_info()
-    assert {"cpu", "cuda", "cuda_arch_list", "torch"} <= set(info)
+    assert {"cpu", "openmp", "cpu_vector_isa", "cuda", "cuda_arch_list", "torch", "backend"} == set(info)
+    assert info["cpu_vector_isa"] in ("avx2", "baseline")
+    assert set(ee_cuda.reference.build_info()) == set(info)
     assert info["torch"] == torch.__version__
     assert info["cpu"] is True, "the fused CPU kernels are missing: build with `pip install -e .`"
     assert ee_cuda.reference.build_info()["cpu"] is False

@@ -13,6 +13,7 @@ from ee_cuda import reference as R
 from conftest import cpu_routes, fresh_seed, make_batch, sample_inputs, scatter_backward, tiles_search
 
 FUSED = {"backend": "fused"}
+HAS_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 def tol(dtype):
@@ -326,31 +327,61 @@ def test_pairs_backward_routes_agree(dtype, mirrored):
         assert torch.all(g[~paired] == 0) and g[paired].abs().sum() > 0
 
 
-PLAIN_SUMS = """
-import sys, torch, ee_cuda
-case = torch.load(sys.argv[1])
-g = torch.ops.ee_cuda.hard_negative_pairs_backward(*case["args"])
-torch.testing.assert_close(g, case["dG_route"], atol=1e-10 * case["dG_route"].abs().max(), rtol=1e-10)
-assert not torch.equal(g, case["fma"]), "ATEN_CPU_CAPABILITY=default did not switch the sums"
-print("plain sums ok")
+ISA_DEFAULT = """
+import ee_cuda
+print("isa", ee_cuda.build_info()["cpu_vector_isa"])
 """
 
 
-def test_pairs_backward_plain_sums(tmp_path):
-    """The backward through points sums with FMA where the CPU has it, else (or under ATen's override
-    ATEN_CPU_CAPABILITY=default) with separate multiplies and adds: run in a process with the override, it
-    must equal the dG route too, and differ in rounding from this process's sums."""
-    X, pairs, labels, n, normalize = next(pairs_route_cases(torch.float64))
-    dist, index = ee_cuda.hard_negative_pairs(X, pairs, labels, n, normalize, **FUSED)
-    w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
-    args = (w, X, pairs, dist, index, n, normalize)
-    case = {"args": args, "fma": torch.ops.ee_cuda.hard_negative_pairs_backward(*args),
-            "dG_route": scatter_backward(*args, False)}
-    torch.save(case, tmp_path / "case.pt")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    run = subprocess.run([sys.executable, "-c", PLAIN_SUMS, str(tmp_path / "case.pt")], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "plain sums ok" in run.stdout, run.stderr[-2000:]
+def test_aten_override_selects_the_baseline_copies():
+    """The vectorized loops run in AVX2 where the CPU has it; ATen's override ATEN_CPU_CAPABILITY=default
+    selects their baseline copies, as it does for ATen's own kernels."""
+    for env, expected in ((os.environ, "avx2" if HAS_AVX2 else "baseline"),
+                          (dict(os.environ, ATEN_CPU_CAPABILITY="default"), "baseline")):
+        run = subprocess.run([sys.executable, "-c", ISA_DEFAULT], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0 and f"isa {expected}" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2: only the baseline copies can run")
+@pytest.mark.parametrize("tiles, backward", [(False, "cost"), (False, "points"), (False, "gram"), (True, "cost")])
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_isa_copies_bit_identical(op, tiles, backward):
+    """The AVX2 and the baseline copies of the vectorized loops (forced by the tests' switch) give bit-identical
+    outputs and gradients on every route, float32 and float64: the same operations in the same order, no FMA."""
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    seed = fresh_seed()
+    for dtype in (torch.float64, torch.float32):
+        for X, pairs, labels, n, normalize in sample_inputs("cpu", dtype, n_values=(0, 2, 8), D=37):
+            runs, w = [], None
+            for avx2 in (True, False):
+                with cpu_routes(tiles, backward, avx2=avx2):
+                    dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
+                    _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X, weight=w)
+                runs.append((dist, index, g))
+            for a, b in zip(*runs):
+                assert torch.equal(a, b), f"seed {seed}, {dtype}, n={n}, normalize={normalize}"
+
+
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_key_overflow_takes_the_tiles(op):
+    """A search whose keys would overflow the row path's lanes takes the tile path: forced with a small key
+    limit (the tests' switch), its outputs equal the row path's bit for bit and the gradient the reference's."""
+    fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    seed = fresh_seed()
+    for X, pairs, labels, n, normalize in sample_inputs("cpu", n_values=(0, 2)):
+        with cpu_routes(key_limit=0):
+            dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
+            _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X)
+        rows = fused(X, pairs, labels, n, normalize, **FUSED)
+        assert torch.equal(dist, rows[0]) and torch.equal(index, rows[1]), f"seed {seed}"
+        _, ref_index = ref(X, pairs, labels, n, normalize)
+        if torch.equal(index, ref_index):
+            _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, normalize), X, weight=w)
+        else:
+            g_ref = selected_pair_grad(X, pairs, n, normalize, index, w, op)
+        torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-9, msg=lambda m: f"{m}\nseed {seed}, n={n}")
 
 
 @pytest.mark.parametrize("op", ["pairs", "points"])

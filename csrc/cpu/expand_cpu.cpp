@@ -10,7 +10,7 @@
 
 #include "../common/checks.h"
 #include "../common/ee_math.h"
-#include "coef_table_cpu.h"
+#include "point_coef_cpu.h"
 
 namespace ee {
 namespace {

@@ -154,5 +154,5 @@ def embedding_aug(X, labels, num_instance: int, n_inner_pts: int, l2_norm: bool 
 
 def build_info() -> dict:
     """The reference compiles nothing: both kernel flags are False."""
-    return {"cpu": False, "openmp": False, "cuda": False, "cuda_arch_list": None, "torch": torch.__version__,
+    return {"cpu": False, "openmp": False, "cpu_vector_isa": None, "cuda": False, "cuda_arch_list": None, "torch": torch.__version__,
             "backend": "reference"}

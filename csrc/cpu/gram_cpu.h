@@ -1,15 +1,16 @@
-// In-place operations on a square row-major matrix and its transpose, in W x W tiles (W = lanes of one
-// vector: 8 floats or 4 doubles) transposed in registers. A tile's column walk touches W rows only: with a
-// power-of-two row length (B = 1024 floats is 4 KiB) every row of a column maps to the same L1 set, and a
-// walk over more rows than the cache's ways evicts itself.
+// The Gram matrix G = X X^T of the forward, and the in-place transposes of a square matrix: G's lower triangle
+// mirrored from its upper one, dG + dG^T of the backward. The transposes go in W x W tiles (W = lanes of one
+// vector) transposed in registers: a tile's column walk touches W rows only, where a walk down a whole column
+// of a power-of-two row length maps every row to the same L1 set and evicts itself.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "lanes_cpu.h"
+#include "simd_cpu.h"
 
 namespace ee {
 
@@ -48,7 +49,7 @@ EE_LANES_INLINE void transpose_lanes(typename Lanes<acc_t>::V* r) {
 // Tile row ti of g: for every tile (ti, tj), tj >= ti, and its mirror (tj, ti), either lower := upper^T
 // (kSymmetrize false) or both := upper + lower^T. Diagonal and partial tiles go element by element.
 template <bool kSymmetrize, typename acc_t>
-EE_LANES_INLINE void mirror_tile_row_impl(acc_t* g, int64_t B, int64_t ti) {
+EE_LANES_INLINE void mirror_tiles(acc_t* g, int64_t B, int64_t ti) {
   using V = typename Lanes<acc_t>::V;
   constexpr int64_t W = Lanes<acc_t>::kWidth;
   const int64_t tiles = (B + W - 1) / W, full = B / W, i0 = ti * W;
@@ -83,12 +84,11 @@ EE_LANES_INLINE void mirror_tile_row_impl(acc_t* g, int64_t B, int64_t ti) {
   }
 }
 
-EE_VECTOR_CLONES inline void mirror_tile_row(float* g, int64_t B, int64_t ti, bool symmetrize) {
-  symmetrize ? mirror_tile_row_impl<true>(g, B, ti) : mirror_tile_row_impl<false>(g, B, ti);
+template <typename acc_t>
+EE_LANES_INLINE void mirror_tile_row_impl(acc_t* g, int64_t B, int64_t ti, bool symmetrize) {
+  symmetrize ? mirror_tiles<true>(g, B, ti) : mirror_tiles<false>(g, B, ti);
 }
-EE_VECTOR_CLONES inline void mirror_tile_row(double* g, int64_t B, int64_t ti, bool symmetrize) {
-  symmetrize ? mirror_tile_row_impl<true>(g, B, ti) : mirror_tile_row_impl<false>(g, B, ti);
-}
+EE_VECTORIZED(mirror_tile_row)
 
 // Tile rows go to tasks in pairs (k, tiles-1-k), so that each gets as much of the triangle.
 template <typename acc_t>
@@ -113,6 +113,37 @@ void symmetrize_in_place(acc_t* g, int64_t B) {
 template <typename acc_t>
 void mirror_upper(acc_t* g, int64_t B) {
   for_each_tile_row(g, B, false);
+}
+
+// G = X X^T. G is symmetric, so for large B only the block rows on and right of the diagonal are multiplied, one
+// BLAS call per panel of 64 rows (about half the full product; panels rather than square blocks: fewer, longer
+// calls, less packing), and `lower_missing` is set: mirror_upper() fills the lower triangle where a search reads
+// it.
+inline at::Tensor gram_cpu(const at::Tensor& X, bool& lower_missing) {
+  constexpr int64_t kPanelRows = 64, kMinRows = 512;
+  const int64_t B = X.size(0);
+  lower_missing = B >= kMinRows;
+  if (!lower_missing) return at::mm(X, X.t());
+  at::Tensor G = at::empty({B, B}, X.options());
+  for (int64_t i0 = 0; i0 < B; i0 += kPanelRows) {
+    const int64_t rows = std::min(kPanelRows, B - i0);
+    at::Tensor panel = G.narrow(0, i0, rows).narrow(1, i0, B - i0);
+    at::mm_out(panel, X.narrow(0, i0, rows), X.narrow(0, i0, B - i0).t());
+  }
+  return G;
+}
+
+// Whether every pair's rows come after the rows of all pairs before it (max(i_p, j_p) < min(i_q, j_q) for p < q;
+// the adjacent layout of a batch sorted by class): the pair search, which visits q >= p, then reads Gram
+// entries of the upper triangle only. pairs: (P, 2) contiguous.
+inline bool pairs_ascending(const at::Tensor& pairs) {
+  const int64_t* pr = pairs.data_ptr<int64_t>();
+  int64_t seen = -1;
+  for (int64_t q = 0; q < pairs.size(0); ++q) {
+    if (std::min(pr[2 * q], pr[2 * q + 1]) <= seen) return false;
+    seen = std::max(pr[2 * q], pr[2 * q + 1]);
+  }
+  return true;
 }
 
 }  // namespace ee

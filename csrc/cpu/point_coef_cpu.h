@@ -1,7 +1,7 @@
-// The point coefficients on the CPU: ||u|| of every synthetic point is computed in D-space (so that an exact
-// zero midpoint stays exactly zero, as in the reference), the endpoints' squared norms likewise. Those norms
-// go into a (P, T) coefficient table (the tile path), a (P, T) norm table (the backwards, which form a point's
-// coefficients where they read it), or straight into the row path's block layout (search_rows_cpu.h).
+// The point coefficients on the CPU (docs/design.md §2): ||u|| of every synthetic point and the endpoints'
+// squared norms are computed in D-space (so that an exact zero midpoint stays exactly zero, as in the
+// reference), then formed into the (P, T) PointCoef table that every route reads: the tiles as it is, the row
+// path in its block layout (search_rows_cpu.h), the backwards as the points' gradient coefficients.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "../common/ee_math.h"
-#include "lanes_cpu.h"
+#include "simd_cpu.h"
 
 namespace ee {
 
@@ -90,12 +90,7 @@ EE_LANES_INLINE void pair_norms_impl(const acc_t* xi, const acc_t* xj, int64_t D
   synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) { norm[t] = std::sqrt(sq); });
 }
 
-EE_VECTOR_CLONES inline void pair_norms(const float* xi, const float* xj, int64_t D, int64_t n, float* norm) {
-  pair_norms_impl(xi, xj, D, n, norm);
-}
-EE_VECTOR_CLONES inline void pair_norms(const double* xi, const double* xj, int64_t D, int64_t n, double* norm) {
-  pair_norms_impl(xi, xj, D, n, norm);
-}
+EE_VECTORIZED(pair_norms)
 
 // Point t's coefficients from its pair_norms() entry.
 template <typename acc_t>
@@ -104,43 +99,21 @@ inline PointCoef<acc_t> point_coef_of_norm(acc_t norm, int64_t t, int64_t n, boo
   return point_coef<acc_t>(t, n, normalize, original ? acc_t(-1) : norm, original ? norm : acc_t(0));
 }
 
-// emit(p, norm) for every pair p, norm[t] (t < T) its pair_norms(), in parallel over pairs.
-template <typename acc_t, typename Emit>
-void for_each_pair_norms(const at::Tensor& X, const at::Tensor& pairs, int64_t n, Emit&& emit) {
-  const int64_t P = pairs.size(0), D = X.size(1);
+// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns the (P, T, 4) acc_t
+// table of PointCoef (coef_ptr()).
+template <typename acc_t>
+at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
+  const int64_t P = pairs.size(0), T = n + 2, D = X.size(1);
+  at::Tensor table = at::empty({P, T, 4}, X.options());
+  PointCoef<acc_t>* out = coef_ptr<acc_t>(table);
   const acc_t* x = X.data_ptr<acc_t>();
   const int64_t* pr = pairs.data_ptr<int64_t>();
   at::parallel_for(0, P, 8, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> norm(n + 2);
+    std::vector<acc_t> norm(T);
     for (int64_t p = begin; p < end; ++p) {
       pair_norms(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, norm.data());
-      emit(p, norm.data());
+      for (int64_t t = 0; t < T; ++t) out[p * T + t] = point_coef_of_norm(norm[t], t, n, normalize);
     }
-  });
-}
-
-// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns the (P, T, 4) acc_t
-// table of PointCoef.
-template <typename acc_t>
-at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
-  const int64_t T = n + 2;
-  at::Tensor table = at::empty({pairs.size(0), T, 4}, X.options());
-  PointCoef<acc_t>* out = coef_ptr<acc_t>(table);
-  for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t p, const acc_t* norm) {
-    for (int64_t t = 0; t < T; ++t) out[p * T + t] = point_coef_of_norm(norm[t], t, n, normalize);
-  });
-  return table;
-}
-
-// The (P, T) table of pair_norms(): a quarter of coef_table_cpu()'s bytes, for callers that form each point's
-// coefficients as they need them (point_coef_of_norm()).
-template <typename acc_t>
-at::Tensor norm_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n) {
-  const int64_t T = n + 2;
-  at::Tensor table = at::empty({pairs.size(0), T}, X.options());
-  acc_t* out = table.data_ptr<acc_t>();
-  for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t p, const acc_t* norm) {
-    std::copy(norm, norm + T, out + p * T);
   });
   return table;
 }

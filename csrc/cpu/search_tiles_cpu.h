@@ -1,5 +1,6 @@
-// The CPU drivers of the tiles of search_tiles.h: at::parallel_for over the grid, each tile emulating one CUDA
-// block (its shared memory a buffer, its threads a loop), so the CPU tests check the GPU's tiling.
+// The forward search's tile path on the CPU: the tiles of search_tiles.h driven by at::parallel_for, each
+// emulating one CUDA block (its shared memory a buffer, its threads a loop), so the CPU tests check the GPU's
+// tiling.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,22 +9,22 @@
 #include <vector>
 
 #include "../common/search_tiles.h"
-#include "coef_table_cpu.h"
+#include "point_coef_cpu.h"
 
 namespace ee {
 
-// One side of a tiled search on the CPU: its (P, T) coefficient table and (given labels) its pairs' labels.
-// X: (rows, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows.
+// One side of a tiled search on the CPU: its pairs' PointCoef table (point_coef_cpu.h) and, given labels,
+// their labels. pairs: (P, 2) contiguous int64 with valid rows of the `rows` rows of its embeddings.
 template <typename acc_t>
 struct TileSet {
   at::Tensor coef, pairs, pair_label;
   int64_t rows;
 
-  TileSet(const at::Tensor& X, const at::Tensor& pairs_, const at::Tensor& labels, int64_t n, bool normalize)
-      : coef(coef_table_cpu<acc_t>(X, pairs_, n, normalize)),
+  TileSet(const at::Tensor& coef_, const at::Tensor& pairs_, const at::Tensor& labels, int64_t rows_)
+      : coef(coef_),
         pairs(pairs_),
         pair_label(labels.defined() ? labels.index_select(0, pairs_.select(1, 0)).contiguous() : at::Tensor()),
-        rows(X.size(0)) {}
+        rows(rows_) {}
 
   PairSet<acc_t> view() const {
     return PairSet<acc_t>{coef_ptr<acc_t>(coef), pairs.data_ptr<int64_t>(),

@@ -1,0 +1,118 @@
+// CPU backward of hard_negative_points (docs/design.md §5). Its P x T outputs are few next to B x B, so
+// dX = (dG + dG^T) X is summed in D-space from dG's few entries, O(entries * D) instead of a B x B x D
+// product: the four cross entries of each output are listed, flushed every kFlushEntries (bounded scratch,
+// whatever P is) into per-row lists of S = dG + dG^T merged per column, and each row of dX adds the rows of X its
+// entries name (rows owned by tasks). The own entries are summed per point and added per pair last.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <utility>
+#include <vector>
+
+#include "routes_cpu.h"
+#include "search_backward_cpu.h"
+
+namespace ee {
+namespace {
+
+using at::Tensor;
+
+// Rows of S = dG + dG^T as lists (column, value) merged per column, and their sums dX[a] += S[a] X.
+template <typename acc_t>
+class SparseRows {
+ public:
+  SparseRows(const acc_t* x, int64_t B, int64_t D, acc_t* dX) : x_(x), B_(B), D_(D), dX_(dX), offsets_(B + 1) {}
+
+  void add(int64_t row, int64_t col, acc_t v) {
+    entries_.push_back({row, col, v});
+    if (entries_.size() == kFlushEntries) flush();
+  }
+
+  void flush() {
+    std::fill(offsets_.begin(), offsets_.end(), 0);
+    for (const Entry& e : entries_) {  // entry (r, c, v) adds v at (r, c) and at (c, r) of S
+      ++offsets_[e.row + 1];
+      ++offsets_[e.col + 1];
+    }
+    for (int64_t a = 0; a < B_; ++a) offsets_[a + 1] += offsets_[a];
+    std::vector<int64_t> fill(offsets_.begin(), offsets_.end() - 1);
+    std::vector<std::pair<int64_t, acc_t>> terms(2 * entries_.size());
+    for (const Entry& e : entries_) {
+      terms[fill[e.row]++] = {e.col, e.v};
+      terms[fill[e.col]++] = {e.row, e.v};
+    }
+    at::parallel_for(0, B_, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> slot_of(B_, -1), cols;  // column -> its slot in this row's merged terms
+      std::vector<acc_t> vals;
+      for (int64_t a = begin; a < end; ++a) {
+        cols.clear();
+        vals.clear();
+        for (int64_t e = offsets_[a]; e < offsets_[a + 1]; ++e) {
+          const auto& [col, v] = terms[e];
+          if (slot_of[col] < 0) {
+            slot_of[col] = int64_t(cols.size());
+            cols.push_back(col);
+            vals.push_back(v);
+          } else {
+            vals[slot_of[col]] += v;
+          }
+        }
+        for (const int64_t col : cols) slot_of[col] = -1;
+        if (!cols.empty()) add_weighted_rows(x_, D_, cols.data(), vals.data(), int64_t(cols.size()), dX_ + a * D_);
+      }
+    });
+    entries_.clear();
+  }
+
+ private:
+  static constexpr size_t kFlushEntries = 512;
+  struct Entry {
+    int64_t row, col;
+    acc_t v;
+  };
+  const acc_t* x_;
+  int64_t B_, D_;
+  acc_t* dX_;
+  std::vector<Entry> entries_;
+  std::vector<int64_t> offsets_;
+};
+
+Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, const Tensor& pairs, const Tensor& dist,
+                                         const Tensor& index, int64_t n, bool normalize) {
+  const BackwardInputs in = backward_inputs(grad, X_, pairs, dist, index, n, true);
+  const int64_t P = in.pairs.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
+  if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
+  if (BackwardRoute(cpu_routes().backward.load()) == BackwardRoute::kScatter)
+    return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
+  Tensor dX = at::zeros({B, D}, in.X.options());
+  AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
+    using acc_t = scalar_t;
+    const GradSide<acc_t> side(in.X, in.pairs, n, normalize);
+    const int64_t *pr = side.pairs, *idx = in.index.data_ptr<int64_t>();
+    const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>();
+    SparseRows<acc_t> rows(in.X.data_ptr<acc_t>(), B, D, dX.data_ptr<acc_t>());
+    std::vector<acc_t> own(P * T, acc_t(0));
+    for (int64_t o = 0; o < P * T; ++o) {
+      const int64_t q = idx[2 * o], r = idx[2 * o + 1], p = o / T;
+      if (q < 0 || r < 0 || q >= P || r >= T) continue;
+      const DistanceGrad<acc_t> gr = distance_grad(side.grad[o], side.grad[q * T + r], d[o], g[o]);
+      if (!gr.any) continue;
+      cross_entries(pr[2 * p], pr[2 * p + 1], pr[2 * q], pr[2 * q + 1], gr,
+                    [&](int64_t row, int64_t col, acc_t v) { rows.add(row, col, v); });
+      own[o] += gr.own_a;
+      own[q * T + r] += gr.own_b;
+    }
+    rows.flush();
+    add_own_entries(dX.data_ptr<acc_t>(), D, in.X, in.pairs, pair_own_entries(own, P, n));
+  });
+  return dX.to(X_.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ee_cuda, CPU, m) {
+  m.impl("hard_negative_points_backward", &hard_negative_points_backward_cpu);
+}
+
+}  // namespace ee

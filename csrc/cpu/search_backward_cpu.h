@@ -1,0 +1,135 @@
+// What the CPU backwards of the searches share (docs/design.md §5): their inputs, the points' gradient
+// coefficients, the gather of every output's gradient into a dense dG and per-point own sums, and the own
+// entries added in D-space. dX = (dG + dG^T) X within a batch; against a reference set dX = dG ref_X and
+// dref_X = dG^T X, the cross-Gram's own backward.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/ee_math.h"
+#include "../common/search_tiles.h"
+#include "pair_components_cpu.h"
+#include "point_coef_cpu.h"
+#include "simd_cpu.h"
+
+namespace ee {
+
+// What a search's backward reads, checked and in the accumulation type.
+struct BackwardInputs {
+  at::Tensor X, pairs, grad, dist, index;
+};
+
+inline BackwardInputs backward_inputs(const at::Tensor& grad, const at::Tensor& X, const at::Tensor& pairs,
+                                      const at::Tensor& dist, const at::Tensor& index, int64_t n, bool points) {
+  check_search_backward_inputs(grad, X, pairs, dist, index, n, {pairs.size(0), points ? n + 2 : pairs.size(0)});
+  BackwardInputs in;
+  in.pairs = pairs.contiguous();
+  check_pair_values_on_cpu(in.pairs, X.size(0));
+  const at::ScalarType acc = acc_type_of(X);
+  in.X = X.to(acc).contiguous();
+  in.grad = grad.to(acc).contiguous();
+  in.dist = dist.to(acc).contiguous();
+  in.index = index.contiguous();
+  return in;
+}
+
+// The CUDA backward's per-output scatter (search_tiles.h), run serially into a dense dG, then
+// dX = (dG + dG^T) X: a route the tests force (routes_cpu.h), defined in pairs_backward_cpu.cpp.
+at::Tensor scatter_backward_cpu(const BackwardInputs& in, int64_t n, bool normalize, bool points);
+
+// One side of a backward: its pairs and the gradient coefficients of their points (point_grad_coef() of the
+// PointCoef table), grad[q * T + r].
+template <typename acc_t>
+struct GradSide {
+  const int64_t* pairs;
+  int64_t count;
+  std::vector<PointGradCoef<acc_t>> grad;
+
+  GradSide(const at::Tensor& X, const at::Tensor& pairs_, int64_t n, bool normalize)
+      : pairs(pairs_.data_ptr<int64_t>()), count(pairs_.size(0)), grad(count * (n + 2)) {
+    const at::Tensor table = coef_table_cpu<acc_t>(X, pairs_, n, normalize);
+    const PointCoef<acc_t>* coef = coef_ptr<acc_t>(table);
+    for (int64_t o = 0; o < count * (n + 2); ++o)
+      grad[o] = point_grad_coef(coef[o], o % (n + 2), n, normalize);
+  }
+};
+
+// Every output's gradient terms (output o: grad[o], dist[o], index[o]): the cross entries into dG (query rows x reference rows, row-major with `cols`
+// columns), the own factors summed per point into own (query, P x T) and ref_own (reference, Q x T; within a
+// batch the same points as own, kept apart). Each query pair's outputs are taken by the task of its connected
+// component, which owns the pair's rows of dG and its own sums; the reference's own sums are summed per task
+// and added in task order, so the gradient does not depend on the threads.
+template <bool kPoints, typename acc_t>
+void gather_gradient(const GradSide<acc_t>& query, const GradSide<acc_t>& ref, const acc_t* g, const acc_t* d,
+                     const int64_t* idx, int64_t rows, int64_t n, acc_t* dG, int64_t cols, std::vector<acc_t>& own,
+                     std::vector<acc_t>& ref_own) {
+  const int64_t T = n + 2, P = query.count, Q = ref.count, outputs = kPoints ? T : Q;
+  own.assign(P * T, acc_t(0));
+  ref_own.assign(Q * T, acc_t(0));
+  const PairComponents pc = pair_components(query.pairs, P, rows);
+  std::map<int64_t, std::vector<acc_t>> ref_own_of_task;
+  std::mutex ref_own_mutex;
+  at::parallel_for(0, int64_t(pc.offsets.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> task_ref_own(Q * T, acc_t(0));
+    auto cross = [&](int64_t row, int64_t col, acc_t v) { dG[row * cols + col] += v; };
+    for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
+      const int64_t p = pc.pair[c], i = query.pairs[2 * p], j = query.pairs[2 * p + 1];
+      for (int64_t u = 0; u < outputs; ++u) {
+        const int64_t o = p * outputs + u, t = kPoints ? u : idx[2 * o], q = kPoints ? idx[2 * o] : u;
+        const int64_t r = idx[2 * o + 1];
+        if (t < 0 || r < 0 || t >= T || r >= T || q < 0 || q >= Q) continue;  // -1: no negative
+        const DistanceGrad<acc_t> gr = distance_grad(query.grad[p * T + t], ref.grad[q * T + r], d[o], g[o]);
+        if (!gr.any) continue;
+        cross_entries(i, j, ref.pairs[2 * q], ref.pairs[2 * q + 1], gr, cross);
+        own[p * T + t] += gr.own_a;
+        task_ref_own[q * T + r] += gr.own_b;
+      }
+    }
+    std::lock_guard<std::mutex> lock(ref_own_mutex);
+    ref_own_of_task.emplace(begin, std::move(task_ref_own));
+  });
+  for (const auto& [begin, task_ref_own] : ref_own_of_task)
+    for (int64_t e = 0; e < Q * T; ++e) ref_own[e] += task_ref_own[e];
+}
+
+// The own entries (kk, kl, ll) of each pair (k, l) from its points' own sums (own_weights() of each point):
+// own_pairs[3 p + 0|1|2].
+template <typename acc_t>
+std::vector<acc_t> pair_own_entries(const std::vector<acc_t>& own, int64_t P, int64_t n) {
+  std::vector<acc_t> entries(3 * P, acc_t(0));
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t r = 0; r < n + 2; ++r) {
+      acc_t w[3];
+      own_weights<acc_t>(r, n, w[0], w[1], w[2]);
+      for (int k = 0; k < 3; ++k) entries[3 * p + k] += own[p * (n + 2) + r] * w[k];
+    }
+  return entries;
+}
+
+// dY += S Y for the own entries (3 per pair, pair_own_entries()) of `pairs`, S = E + E^T; a pair's rows belong
+// to the task of its component. dY may have rows padded to `stride` columns.
+template <typename acc_t>
+void add_own_entries(acc_t* dY, int64_t stride, const at::Tensor& Y, const at::Tensor& pairs,
+                     const std::vector<acc_t>& entries) {
+  const int64_t D = Y.size(1);
+  const int64_t* pr = pairs.data_ptr<int64_t>();
+  const acc_t* y = Y.data_ptr<acc_t>();
+  const PairComponents pc = pair_components(pr, pairs.size(0), Y.size(0));
+  at::parallel_for(0, int64_t(pc.offsets.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
+      const int64_t p = pc.pair[c], rows[2] = {pr[2 * p], pr[2 * p + 1]};
+      acc_t to_k[2], to_l[2];
+      own_rows(entries.data() + 3 * p, to_k, to_l);
+      add_weighted_rows(y, D, rows, to_k, int64_t(2), dY + rows[0] * stride);
+      add_weighted_rows(y, D, rows, to_l, int64_t(2), dY + rows[1] * stride);
+    }
+  });
+}
+
+}  // namespace ee
