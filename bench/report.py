@@ -387,6 +387,38 @@ def readiness_section(path):
     return "\n".join(out)
 
 
+def ablation_section(path):
+    """What each CPU kernel tuning buys (``bench/ablation.py``): each build without one tuning, side by side."""
+    if not os.path.exists(path):
+        return "No ablation recorded (`docs/benchmarks/ablation.json`, from `bench/ablation.py`)."
+    with open(path) as f:
+        a = json.load(f)
+    base, rows = a["base"], list(a["seconds"][a["base"]])
+    builds = [n for n in a["builds"] if n != base]
+    out = [f"Each build leaves one tuning out of the kernels of `{a.get('rev', base)}` (the base keeps them all) and "
+           f"times the fused forward+backward of the ops on the CPU workloads' rows, {a.get('threads', 1)} thread, "
+           f"{len(a['rounds'])} rounds that alternate the builds (each in its own process, each leading a round in "
+           f"turn), at least {a.get('min_seconds', 0.6)} s of calls per row, build and round. A cell is the median "
+           "over rounds of that round's time of the build / the base's: above 1, leaving the tuning out is slower. "
+           "A tuning stays only where it gains at least 10 % on a W1 or W2 row (a cell of at least 1.10); the "
+           "others were removed from the kernels. Command: `" + a.get("command", "python bench/ablation.py") + "`.",
+           "", "| left out | " + " | ".join(f"{r}" for r in rows) + " | best gain | kept |",
+           "|---|" + "---|" * (len(rows) + 2),
+           "| (base: seconds per call) | " + " | ".join(fmt_time(a["seconds"][base][r]) for r in rows) + " | | |"]
+    for n in builds:
+        cells = a["ratio"][n]
+        best = max(cells.values())
+        kept = "yes" if best >= 1.10 else "no (removed)"
+        if n == "new":
+            kept = "—"
+        what = a.get("left_out", {}).get(n) or n
+        out.append(f"| {what} (`{n}`) | " + " | ".join(f"{cells[r]:.2f}" for r in rows)
+                   + f" | {(best - 1) * 100:+.0f} % | {kept} |")
+    if a.get("notes"):
+        out += [""] + [f"- {t}" for t in a["notes"]]
+    return "\n".join(out)
+
+
 def _two_types(kernel):
     """``name<float>`` as ``name<float, float>``: the name a one-type kernel had with an output type too."""
     name, _, args = kernel.partition("<")
@@ -767,6 +799,10 @@ def main(argv=None):
         "### GPU readiness (offline: registers, spills, SASS)",
         "",
         readiness_section(os.path.join(ROOT, "docs", "benchmarks", "sass.json")),
+        "",
+        "## What each tuning buys (CPU kernels)",
+        "",
+        ablation_section(os.path.join(ROOT, "docs", "benchmarks", "ablation.json")),
         "",
         "## Method",
         "",

@@ -11,8 +11,8 @@
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define EE_HD __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
-// Forced inline on the CPU as well: the vectorized row path calls some of these from its AVX2 clones
-// (lanes_cpu.h), and a call out to a baseline copy would run them in SSE.
+// Forced inline on the CPU as well: the vectorized row path calls some of these from its AVX2 copies
+// (simd_cpu.h), and a call out to a baseline copy would run them in SSE.
 #define EE_HD inline __attribute__((always_inline))
 #else
 #define EE_HD inline
@@ -94,7 +94,7 @@ EE_HD PointCoef<acc_t> point_coef(int64_t t, int64_t n, bool normalize, acc_t un
 // 2 <b, x_i> and 2 <b, x_j> for b = (alpha x_k + beta x_l), from the Gram entries g_ik, g_il (resp. g_jk,
 // g_jl): what a point b contributes to its squared distances from the points of pair (i, j). Doubled here
 // (s + s is exact) so that the CPU's row path can tabulate them per candidate b. T is acc_t, or on the CPU a
-// vector of acc_t lanes (lanes_cpu.h), which then computes exactly these operations lane by lane.
+// vector of acc_t lanes (simd_cpu.h), which then computes exactly these operations lane by lane.
 #if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__HIPCC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // T a 32-byte vector: always inlined, never passed across a call

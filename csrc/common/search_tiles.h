@@ -261,7 +261,7 @@ EE_HD void point_write(const SearchArgs<acc_t>& a, int64_t o, const Best<acc_t>&
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward: the dG entries of one output. The GPU runs one thread per output and adds them atomically;
-// the CPU runs the same scatter serially where the tests force it (route_cpu.h); the CPU kernels use the
+// the CPU runs the same scatter serially where the tests force it (routes_cpu.h); the CPU kernels use the
 // same terms, owner-computed.
 
 template <typename acc_t>

@@ -1,6 +1,6 @@
-// CPU kernels of expand (docs/design.md §2): synthetic points u / max(||u||, eps) and their backward.
-// The backward never stores per-point gradients: pass 1 computes, per synthetic point, ||u|| and
-// s = <a, grad>; pass 2 adds grad_u to both endpoints, in column chunks owned by one task (no races).
+// CPU kernels of expand (docs/design.md §2): synthetic points u / max(||u||, eps) and their backward, which
+// stores no per-point gradient: pass 1 computes ||u|| and s = <a, grad> per point; pass 2 adds grad_u to both
+// endpoints, in column chunks owned by one task each.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -41,8 +41,7 @@ Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normal
     scalar_t* y = out.data_ptr<scalar_t>();
     at::parallel_for(0, P, 4, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        const acc_t* xi = x + pr[2 * p] * D;
-        const acc_t* xj = x + pr[2 * p + 1] * D;
+        const acc_t *xi = x + pr[2 * p] * D, *xj = x + pr[2 * p + 1] * D;
         synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
           const acc_t den = denominator(std::sqrt(sq), normalize);
           scalar_t* yt = y + (p * n + t - 1) * D;
@@ -74,8 +73,7 @@ Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& 
     acc_t* s = s_t.data_ptr<acc_t>();
     at::parallel_for(0, P, 4, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        const acc_t* xi = x + pr[2 * p] * D;
-        const acc_t* xj = x + pr[2 * p + 1] * D;
+        const acc_t *xi = x + pr[2 * p] * D, *xj = x + pr[2 * p + 1] * D;
         synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
           const acc_t un = std::sqrt(sq);
           const acc_t* gt = g + (p * n + t - 1) * D;

@@ -90,11 +90,11 @@ EE_LANES_INLINE void mirror_tile_row_impl(acc_t* g, int64_t B, int64_t ti, bool 
 }
 EE_VECTORIZED(mirror_tile_row)
 
-// Tile rows go to tasks in pairs (k, tiles-1-k), so that each gets as much of the triangle.
+// In place on the B x B matrix g: the lower triangle := the upper one's mirror, or with `symmetrize`
+// g := g + g^T. Tile rows go to tasks in pairs (k, tiles-1-k), so that each gets as much of the triangle.
 template <typename acc_t>
-void for_each_tile_row(acc_t* g, int64_t B, bool symmetrize) {
-  constexpr int64_t W = Lanes<acc_t>::kWidth;
-  const int64_t tiles = (B + W - 1) / W;
+void mirror_in_place(acc_t* g, int64_t B, bool symmetrize) {
+  const int64_t tiles = (B + Lanes<acc_t>::kWidth - 1) / Lanes<acc_t>::kWidth;
   at::parallel_for(0, (tiles + 1) / 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       mirror_tile_row(g, B, k, symmetrize);
@@ -103,22 +103,9 @@ void for_each_tile_row(acc_t* g, int64_t B, bool symmetrize) {
   });
 }
 
-// g = g + g^T.
-template <typename acc_t>
-void symmetrize_in_place(acc_t* g, int64_t B) {
-  for_each_tile_row(g, B, true);
-}
-
-// The lower triangle := the upper one's mirror.
-template <typename acc_t>
-void mirror_upper(acc_t* g, int64_t B) {
-  for_each_tile_row(g, B, false);
-}
-
-// G = X X^T. G is symmetric, so for large B only the block rows on and right of the diagonal are multiplied, one
-// BLAS call per panel of 64 rows (about half the full product; panels rather than square blocks: fewer, longer
-// calls, less packing), and `lower_missing` is set: mirror_upper() fills the lower triangle where a search reads
-// it.
+// G = X X^T. For large B only the block rows on and right of the diagonal are multiplied, one BLAS call per
+// panel of 64 rows (fewer, longer calls than square blocks), and `lower_missing` is set: mirror_in_place()
+// fills the lower triangle where a search reads it.
 inline at::Tensor gram_cpu(const at::Tensor& X, bool& lower_missing) {
   constexpr int64_t kPanelRows = 64, kMinRows = 512;
   const int64_t B = X.size(0);
@@ -133,9 +120,8 @@ inline at::Tensor gram_cpu(const at::Tensor& X, bool& lower_missing) {
   return G;
 }
 
-// Whether every pair's rows come after the rows of all pairs before it (max(i_p, j_p) < min(i_q, j_q) for p < q;
-// the adjacent layout of a batch sorted by class): the pair search, which visits q >= p, then reads Gram
-// entries of the upper triangle only. pairs: (P, 2) contiguous.
+// Whether max(i_p, j_p) < min(i_q, j_q) for p < q (the adjacent layout of a batch sorted by class): the pair
+// search, which visits q >= p, then reads the Gram's upper triangle only.
 inline bool pairs_ascending(const at::Tensor& pairs) {
   const int64_t* pr = pairs.data_ptr<int64_t>();
   int64_t seen = -1;

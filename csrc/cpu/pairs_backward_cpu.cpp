@@ -1,14 +1,12 @@
-// CPU backward of hard_negative_pairs (docs/design.md §5), by cost: its P x P outputs select points whose
-// gradients reach dX either through the selected points in D-space (pairs_backward_points_cpu.h: about
-// 2 P^2 D multiply-adds, the adjacent layout's route) or through a dense dG and dX = (dG + dG^T) X, one
-// B x B x D product, whichever costs fewer. Also here: the CUDA backward's per-output scatter, run serially
-// (the tests force it, routes_cpu.h).
+// CPU backward of hard_negative_pairs (docs/design.md §5): every output's cross entries gathered into a dense
+// dG (search_backward_cpu.h), dG + dG^T formed in place, one product dX = (dG + dG^T) X, then the own entries
+// in D-space. Also here: the CUDA backward's per-output scatter, run serially (the tests force it,
+// routes_cpu.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "../common/search_tiles.h"
 #include "gram_cpu.h"
-#include "pairs_backward_points_cpu.h"
 #include "routes_cpu.h"
 #include "search_backward_cpu.h"
 #include "search_tiles_cpu.h"
@@ -42,35 +40,23 @@ namespace {
 
 using at::Tensor;
 
-// Through a dense dG: every output's cross entries gathered (search_backward_cpu.h), dG + dG^T formed in place,
-// one product, then the own entries in D-space.
-template <typename acc_t>
-Tensor pairs_backward_through_gram(const BackwardInputs& in, const GradSide<acc_t>& side, int64_t n) {
-  const int64_t B = in.X.size(0), D = in.X.size(1), P = side.count;
-  Tensor dG = at::zeros({B, B}, in.X.options());
-  std::vector<acc_t> own, ref_own;
-  gather_gradient<false>(side, side, in.grad.data_ptr<acc_t>(), in.dist.data_ptr<acc_t>(),
-                         in.index.data_ptr<int64_t>(), B, n, dG.data_ptr<acc_t>(), B, own, ref_own);
-  for (size_t e = 0; e < own.size(); ++e) own[e] += ref_own[e];
-  symmetrize_in_place(dG.data_ptr<acc_t>(), B);
-  Tensor dX = at::mm(dG, in.X);
-  add_own_entries(dX.data_ptr<acc_t>(), D, in.X, in.pairs, pair_own_entries(own, P, n));
-  return dX;
-}
-
 Tensor hard_negative_pairs_backward_cpu(const Tensor& grad, const Tensor& X_, const Tensor& pairs, const Tensor& dist,
                                         const Tensor& index, int64_t n, bool normalize) {
   const BackwardInputs in = backward_inputs(grad, X_, pairs, dist, index, n, false);
   const int64_t P = in.pairs.size(0), B = X_.size(0);
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  BackwardRoute route = BackwardRoute(cpu_routes().backward.load());
-  if (route == BackwardRoute::kByCost) route = 2 * P * P <= B * B ? BackwardRoute::kPoints : BackwardRoute::kGram;
-  if (route == BackwardRoute::kScatter) return scatter_backward_cpu(in, n, normalize, false).to(X_.scalar_type());
-  Tensor dX;
+  if (cpu_routes().scatter_backward) return scatter_backward_cpu(in, n, normalize, false).to(X_.scalar_type());
+  Tensor dG = at::zeros({B, B}, in.X.options()), dX;
   AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
-    const GradSide<scalar_t> side(in.X, in.pairs, n, normalize);
-    dX = route == BackwardRoute::kPoints ? pairs_backward_through_points(in, side, n)
-                                         : pairs_backward_through_gram(in, side, n);
+    using acc_t = scalar_t;
+    const GradSide<acc_t> side(in.X, in.pairs, n, normalize);
+    std::vector<acc_t> own, ref_own;
+    gather_gradient<false>(side, side, in.grad.data_ptr<acc_t>(), in.dist.data_ptr<acc_t>(),
+                           in.index.data_ptr<int64_t>(), B, n, dG.data_ptr<acc_t>(), B, own, ref_own);
+    for (size_t e = 0; e < own.size(); ++e) own[e] += ref_own[e];
+    mirror_in_place(dG.data_ptr<acc_t>(), B, true);
+    dX = at::mm(dG, in.X);
+    add_own_entries(dX.data_ptr<acc_t>(), in.X, in.pairs, own, n);
   });
   return dX.to(X_.scalar_type());
 }

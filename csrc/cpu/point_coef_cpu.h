@@ -43,11 +43,9 @@ EE_LANES_INLINE acc_t sum_of_squares(int64_t D, const F& f) {
   return s;
 }
 
-// emit(t, ||u_t||^2) for u_t = ((n+1-t) x_i + t x_j) / (n+1), t = 1..n. Each element of u_t is
-// rounded as interpolate() rounds it (two products, then their sum, no FMA), so u_t is exactly 0 exactly
-// where the reference's is; the division is a multiplication by 1/(n+1), which keeps that and vectorizes.
-// One pass over D serves kPoints points at a time (x_i and x_j are read once for all of them), each summed in
-// the lanes of one vector, then across its lanes in order.
+// emit(t, ||u_t||^2) for u_t = ((n+1-t) x_i + t x_j) / (n+1), t = 1..n, each element rounded as interpolate()
+// rounds it (no FMA), so u_t is exactly 0 where the reference's is (the division, a multiplication by 1/(n+1),
+// keeps that and vectorizes). One pass over D serves kPoints points, each summed in the lanes of one vector.
 template <typename acc_t, typename Emit>
 EE_LANES_INLINE void synthetic_sqnorms(const acc_t* xi, const acc_t* xj, int64_t D, int64_t n, Emit&& emit) {
   using V = typename Lanes<acc_t>::V;
@@ -81,8 +79,7 @@ EE_LANES_INLINE void synthetic_sqnorms(const acc_t* xi, const acc_t* xj, int64_t
   }
 }
 
-// The norm each of the T points of the pair (x_i, x_j) has its coefficients formed from, into norm[t]: the
-// squared norms ||x_i||^2 and ||x_j||^2 of the originals (t = 0, n+1), ||u_t|| of the synthetic points.
+// norm[t]: ||x_i||^2 and ||x_j||^2 for the originals (t = 0, n+1), ||u_t|| for the synthetic points.
 template <typename acc_t>
 EE_LANES_INLINE void pair_norms_impl(const acc_t* xi, const acc_t* xj, int64_t D, int64_t n, acc_t* norm) {
   norm[0] = sum_of_squares<acc_t>(D, [&](int64_t d) { return xi[d]; });
@@ -99,8 +96,7 @@ inline PointCoef<acc_t> point_coef_of_norm(acc_t norm, int64_t t, int64_t n, boo
   return point_coef<acc_t>(t, n, normalize, original ? acc_t(-1) : norm, original ? norm : acc_t(0));
 }
 
-// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous int64 with valid rows. Returns the (P, T, 4) acc_t
-// table of PointCoef (coef_ptr()).
+// The (P, T) PointCoef table (coef_ptr()). X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous, valid.
 template <typename acc_t>
 at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
   const int64_t P = pairs.size(0), T = n + 2, D = X.size(1);

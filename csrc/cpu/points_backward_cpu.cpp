@@ -1,8 +1,7 @@
 // CPU backward of hard_negative_points (docs/design.md §5). Its P x T outputs are few next to B x B, so
-// dX = (dG + dG^T) X is summed in D-space from dG's few entries, O(entries * D) instead of a B x B x D
-// product: the four cross entries of each output are listed, flushed every kFlushEntries (bounded scratch,
-// whatever P is) into per-row lists of S = dG + dG^T merged per column, and each row of dX adds the rows of X its
-// entries name (rows owned by tasks). The own entries are summed per point and added per pair last.
+// dX = (dG + dG^T) X is summed in D-space from dG's few entries instead of a B x B x D product: each output's
+// cross entries are listed and flushed every kFlushEntries (bounded scratch) into the rows of S = dG + dG^T,
+// merged per column; each row of dX adds the rows of X its entries name. The own entries are added per pair.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -20,8 +19,7 @@ using at::Tensor;
 
 // Rows of S = dG + dG^T as lists (column, value) merged per column, and their sums dX[a] += S[a] X.
 template <typename acc_t>
-class SparseRows {
- public:
+struct SparseRows {
   SparseRows(const acc_t* x, int64_t B, int64_t D, acc_t* dX) : x_(x), B_(B), D_(D), dX_(dX), offsets_(B + 1) {}
 
   void add(int64_t row, int64_t col, acc_t v) {
@@ -65,7 +63,6 @@ class SparseRows {
     entries_.clear();
   }
 
- private:
   static constexpr size_t kFlushEntries = 512;
   struct Entry {
     int64_t row, col;
@@ -83,7 +80,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, c
   const BackwardInputs in = backward_inputs(grad, X_, pairs, dist, index, n, true);
   const int64_t P = in.pairs.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
   if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  if (BackwardRoute(cpu_routes().backward.load()) == BackwardRoute::kScatter)
+  if (cpu_routes().scatter_backward)
     return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
   Tensor dX = at::zeros({B, D}, in.X.options());
   AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
@@ -104,7 +101,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, c
       own[q * T + r] += gr.own_b;
     }
     rows.flush();
-    add_own_entries(dX.data_ptr<acc_t>(), D, in.X, in.pairs, pair_own_entries(own, P, n));
+    add_own_entries(dX.data_ptr<acc_t>(), in.X, in.pairs, own, n);
   });
   return dX.to(X_.scalar_type());
 }

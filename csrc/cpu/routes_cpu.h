@@ -1,8 +1,8 @@
 // The CPU kernels' routes, switchable by the tests alone (ee_cuda._C._set_cpu_routes, outside every op's
 // schema), so that each route is reached on purpose rather than by the luck of shapes or of the machine. By
 // default a search takes the vectorized row path for finite input whose keys fit its lanes and the tile path
-// otherwise, hard_negative_pairs' backward takes the route that costs fewer multiply-adds, and the hot loops
-// run in AVX2 where the CPU has it, unless ATen's override ATEN_CPU_CAPABILITY=default asks for the baseline.
+// otherwise, and the hot loops run in AVX2 where the CPU has it, unless ATen's override
+// ATEN_CPU_CAPABILITY=default asks for the baseline.
 #pragma once
 
 #include <atomic>
@@ -13,13 +13,6 @@
 
 namespace ee {
 
-enum class BackwardRoute : int {
-  kByCost = 0,   // the default
-  kPoints = 1,   // hard_negative_pairs: through the selected points
-  kGram = 2,     // hard_negative_pairs: through a dense dG
-  kScatter = 3,  // both searches: the CUDA backward's per-output scatter, run serially
-};
-
 inline bool cpu_has_avx2() {
 #if defined(__GNUC__) && defined(__x86_64__)
   return __builtin_cpu_supports("avx2");
@@ -29,8 +22,8 @@ inline bool cpu_has_avx2() {
 }
 
 struct CpuRoutes {
-  std::atomic<bool> tiles{false};  // every search on the tiles that the CUDA kernels run
-  std::atomic<int> backward{int(BackwardRoute::kByCost)};
+  std::atomic<bool> tiles{false};             // every search on the tiles that the CUDA kernels run
+  std::atomic<bool> scatter_backward{false};  // every search backward through the CUDA backward's scatter
   std::atomic<bool> avx2{default_avx2()};
   std::atomic<int64_t> key_limit{std::numeric_limits<int32_t>::max()};  // the row path's largest key
 

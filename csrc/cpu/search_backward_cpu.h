@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -14,11 +15,46 @@
 #include "../common/checks.h"
 #include "../common/ee_math.h"
 #include "../common/search_tiles.h"
-#include "pair_components_cpu.h"
 #include "point_coef_cpu.h"
 #include "simd_cpu.h"
 
 namespace ee {
+
+// The connected components of the graph whose nodes are the rows of X and whose edges are the pairs: the
+// rows of different components are disjoint, so one task per component owns its rows (for "adjacent"
+// pairs a component is one pair, for "all" pairs one class).
+struct PairComponents {
+  std::vector<int64_t> offsets, pair;  // the pairs of component c: pair[offsets[c] .. offsets[c+1])
+};
+
+inline PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B) {
+  std::vector<int64_t> parent(B);
+  for (int64_t a = 0; a < B; ++a) parent[a] = a;
+  auto root = [&](int64_t a) {
+    while (parent[a] != a) a = parent[a] = parent[parent[a]];
+    return a;
+  };
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t i = root(pairs[2 * p]), j = root(pairs[2 * p + 1]);
+    if (i != j) parent[std::max(i, j)] = std::min(i, j);
+  }
+  PairComponents pc;
+  std::vector<int64_t> id(B, -1), of_row(B, -1);  // component of each row
+  int64_t count = 0;
+  for (int64_t p = 0; p < P; ++p)
+    for (int e = 0; e < 2; ++e) {
+      const int64_t a = pairs[2 * p + e], r = root(a);
+      if (id[r] < 0) id[r] = count++;
+      of_row[a] = id[r];
+    }
+  pc.offsets.assign(count + 1, 0);
+  for (int64_t p = 0; p < P; ++p) ++pc.offsets[of_row[pairs[2 * p]] + 1];
+  for (int64_t c = 0; c < count; ++c) pc.offsets[c + 1] += pc.offsets[c];
+  pc.pair.resize(P);
+  std::vector<int64_t> fill(pc.offsets.begin(), pc.offsets.end() - 1);
+  for (int64_t p = 0; p < P; ++p) pc.pair[fill[of_row[pairs[2 * p]]]++] = p;
+  return pc;
+}
 
 // What a search's backward reads, checked and in the accumulation type.
 struct BackwardInputs {
@@ -60,11 +96,12 @@ struct GradSide {
   }
 };
 
-// Every output's gradient terms (output o: grad[o], dist[o], index[o]): the cross entries into dG (query rows x reference rows, row-major with `cols`
-// columns), the own factors summed per point into own (query, P x T) and ref_own (reference, Q x T; within a
-// batch the same points as own, kept apart). Each query pair's outputs are taken by the task of its connected
-// component, which owns the pair's rows of dG and its own sums; the reference's own sums are summed per task
-// and added in task order, so the gradient does not depend on the threads.
+// Every output's gradient terms (output o: grad[o], dist[o], index[o]): the cross entries into dG (query rows x
+// reference rows, row-major, `cols` columns), the own factors summed per point into own (query, P x T) and
+// ref_own (reference, Q x T; within a batch the same points as own, kept apart). Each query pair's outputs are
+// taken by the task of its connected component, which owns the pair's rows of dG and its own sums; the
+// reference's own sums are summed per task and added in task order, so the gradient does not depend on the
+// threads.
 template <bool kPoints, typename acc_t>
 void gather_gradient(const GradSide<acc_t>& query, const GradSide<acc_t>& ref, const acc_t* g, const acc_t* d,
                      const int64_t* idx, int64_t rows, int64_t n, acc_t* dG, int64_t cols, std::vector<acc_t>& own,
@@ -98,25 +135,12 @@ void gather_gradient(const GradSide<acc_t>& query, const GradSide<acc_t>& ref, c
     for (int64_t e = 0; e < Q * T; ++e) ref_own[e] += task_ref_own[e];
 }
 
-// The own entries (kk, kl, ll) of each pair (k, l) from its points' own sums (own_weights() of each point):
-// own_pairs[3 p + 0|1|2].
+// dY += S Y for the own entries of `pairs` given their points' own sums own[q * T + r] (gather_gradient()):
+// pair (k, l)'s entries (kk, kl, ll) are the sums times each point's own_weights(); S = E + E^T. A pair's rows
+// belong to the task of its component.
 template <typename acc_t>
-std::vector<acc_t> pair_own_entries(const std::vector<acc_t>& own, int64_t P, int64_t n) {
-  std::vector<acc_t> entries(3 * P, acc_t(0));
-  for (int64_t p = 0; p < P; ++p)
-    for (int64_t r = 0; r < n + 2; ++r) {
-      acc_t w[3];
-      own_weights<acc_t>(r, n, w[0], w[1], w[2]);
-      for (int k = 0; k < 3; ++k) entries[3 * p + k] += own[p * (n + 2) + r] * w[k];
-    }
-  return entries;
-}
-
-// dY += S Y for the own entries (3 per pair, pair_own_entries()) of `pairs`, S = E + E^T; a pair's rows belong
-// to the task of its component. dY may have rows padded to `stride` columns.
-template <typename acc_t>
-void add_own_entries(acc_t* dY, int64_t stride, const at::Tensor& Y, const at::Tensor& pairs,
-                     const std::vector<acc_t>& entries) {
+void add_own_entries(acc_t* dY, const at::Tensor& Y, const at::Tensor& pairs, const std::vector<acc_t>& own,
+                     int64_t n) {
   const int64_t D = Y.size(1);
   const int64_t* pr = pairs.data_ptr<int64_t>();
   const acc_t* y = Y.data_ptr<acc_t>();
@@ -124,10 +148,14 @@ void add_own_entries(acc_t* dY, int64_t stride, const at::Tensor& Y, const at::T
   at::parallel_for(0, int64_t(pc.offsets.size()) - 1, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = pc.offsets[begin]; c < pc.offsets[end]; ++c) {
       const int64_t p = pc.pair[c], rows[2] = {pr[2 * p], pr[2 * p + 1]};
-      acc_t to_k[2], to_l[2];
-      own_rows(entries.data() + 3 * p, to_k, to_l);
-      add_weighted_rows(y, D, rows, to_k, int64_t(2), dY + rows[0] * stride);
-      add_weighted_rows(y, D, rows, to_l, int64_t(2), dY + rows[1] * stride);
+      acc_t entries[3] = {}, w[3], to_k[2], to_l[2];
+      for (int64_t r = 0; r < n + 2; ++r) {
+        own_weights<acc_t>(r, n, w[0], w[1], w[2]);
+        for (int k = 0; k < 3; ++k) entries[k] += own[p * (n + 2) + r] * w[k];
+      }
+      own_rows(entries, to_k, to_l);
+      add_weighted_rows(y, D, rows, to_k, int64_t(2), dY + rows[0] * D);
+      add_weighted_rows(y, D, rows, to_l, int64_t(2), dY + rows[1] * D);
     }
   });
 }

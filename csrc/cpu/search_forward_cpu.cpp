@@ -18,8 +18,7 @@ namespace {
 
 using at::Tensor;
 
-// One side of a search: embeddings (contiguous, accumulation type), pairs and labels (contiguous).
-struct Side {
+struct Side {  // embeddings (contiguous, in the accumulation type), pairs and labels (contiguous)
   Tensor X, pairs, labels;
 };
 
@@ -29,7 +28,7 @@ template <bool kPoints, typename acc_t>
 void search(const Tensor& gram, bool lower_missing, const Side& query, const Side* ref, int64_t n, bool normalize,
             acc_t* dist, int64_t* index) {
   const Side& other = ref ? *ref : query;
-  const int64_t T = n + 2, ld = other.X.size(0);
+  const int64_t T = n + 2, ld = other.X.size(0);  // ld: the Gram's row stride
   acc_t* g = gram.data_ptr<acc_t>();
   const Tensor query_coef = coef_table_cpu<acc_t>(query.X, query.pairs, n, normalize);
   const Tensor ref_coef = ref ? coef_table_cpu<acc_t>(other.X, other.pairs, n, normalize) : query_coef;
@@ -40,13 +39,13 @@ void search(const Tensor& gram, bool lower_missing, const Side& query, const Sid
     const PairBlocks<acc_t>& ref_blocks = ref ? *ref_own_blocks : query_blocks;
     if (query_blocks.endpoints_finite() && ref_blocks.endpoints_finite()) {
       const bool upper_only = !kPoints && !ref && pairs_ascending(query.pairs);
-      if (lower_missing && !upper_only) mirror_upper(g, ld);
+      if (lower_missing && !upper_only) mirror_in_place(g, ld, false);
       kPoints ? point_rows_cpu(query_blocks, ref_blocks, g, ld, dist, index)
               : pair_rows_cpu(query_blocks, ref_blocks, g, ld, upper_only, dist, index);
       return;
     }
   }
-  if (lower_missing) mirror_upper(g, ld);
+  if (lower_missing) mirror_in_place(g, ld, false);
   const TileSet<acc_t> query_set(query_coef, query.pairs, query.labels, query.X.size(0));
   const TileSet<acc_t> ref_set(ref_coef, other.pairs, other.labels, ld);
   const SearchArgs<acc_t> args{g, query_set.view(), ref_set.view(), T, ref == nullptr};

@@ -1,7 +1,6 @@
 // CPU backward of hard_negative_pairs / hard_negative_points against a reference set (docs/design.md §5): the
 // outputs' cross entries gathered into a dense dG (B x R, search_backward_cpu.h), then dX = dG ref_X and
-// dref_X = dG^T X, the cross-Gram's own backward, plus each side's own entries in D-space. Without a gradient
-// to ref_X (a detached memory bank) the second product is skipped.
+// dref_X = dG^T X (skipped without a gradient to ref_X), plus each side's own entries in D-space.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -22,7 +21,7 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad, con
   Tensor dX, dY;
   if (in.empty) return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
   const Tensor &X = in.X, &Y = in.Y;
-  const int64_t B = X.size(0), R = Y.size(0), D = X.size(1);
+  const int64_t B = X.size(0), R = Y.size(0);
   Tensor dG = at::zeros({B, R}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_backward_cpu", [&] {
     using acc_t = scalar_t;
@@ -31,10 +30,10 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad, con
     gather_gradient<kPoints>(query, ref, in.grad.data_ptr<acc_t>(), in.dist.data_ptr<acc_t>(),
                              in.index.data_ptr<int64_t>(), B, n, dG.data_ptr<acc_t>(), R, own, ref_own);
     dX = at::mm(dG, Y);
-    add_own_entries(dX.data_ptr<acc_t>(), D, X, in.pairs, pair_own_entries(own, query.count, n));
+    add_own_entries(dX.data_ptr<acc_t>(), X, in.pairs, own, n);
     if (!ref_grad) return;
     dY = at::mm(dG.t(), X);
-    add_own_entries(dY.data_ptr<acc_t>(), D, Y, in.ref_pairs, pair_own_entries(ref_own, ref.count, n));
+    add_own_entries(dY.data_ptr<acc_t>(), Y, in.ref_pairs, ref_own, n);
   });
   return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
 }

@@ -1,9 +1,7 @@
-// The forward search's row path on the CPU (docs/design.md §3): one task per query pair p scans the
-// candidate points (q, r) of the reference pairs, V pairs q at a time in the lanes of one vector
-// (V = 32 bytes / sizeof(acc_t)), keeping (min, argmin) per lane in registers, then reduces the lanes with the
-// tie order of the spec. It computes exactly sq_dist() of ee_math.h (same operations, same order, no FMA), so
-// it is bit-identical to the tile path; it runs on finite input only (the tile path ranks NaN, as torch.min
-// propagates it).
+// The forward search's row path on the CPU (docs/design.md §3): one task per query pair p scans the candidate
+// points (q, r), V pairs q at a time in the lanes of one 32-byte vector, keeping (min, argmin) per lane in
+// registers. It computes exactly sq_dist() of ee_math.h (same operations and order, no FMA), bit-identical to
+// the tile path, on finite input only (the tile path ranks NaN as torch.min propagates it).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,80 +17,61 @@
 
 namespace ee {
 
-// The pairs' PointCoef table (point_coef_cpu.h) in block layout, shared by every row: block b holds pairs
+// A side's PointCoef table (point_coef_cpu.h) in block layout, shared by every row: block b holds pairs
 // q = bV .. bV+V-1, one per lane. Padded lanes (q >= P) read row 0 and have ||a||^2 = +inf, so they never win.
 template <typename acc_t>
 struct PairBlocks {
   static constexpr int V = Lanes<acc_t>::kWidth;
+  const PointCoef<acc_t>* table;  // the (P, T) table itself, which the caller keeps
   int64_t P, T, blocks;
-  std::vector<acc_t> coefs;   // alpha, then beta, then sqnorm: each [block][r][lane]
-  std::vector<int64_t> ends;  // k, then l, then label: each [block * V + lane], of pair q
-  const acc_t *alpha, *beta, *sqnorm;
-  const int64_t *k, *l, *label;
+  std::vector<acc_t> alpha, beta, sqnorm;  // [block][r][lane]
+  std::vector<int64_t> k, l, label;        // [block * V + lane]: pair q's rows and label
   // Every pair q is (2q, 2q+1), the official sampler's layout: a full block's endpoints are 2V consecutive
   // columns of a Gram row, read with two vector loads instead of 2V scalar ones.
   bool adjacent = true;
 
-  // coef: (P, T) PointCoef; pairs: (P, 2) contiguous with valid rows; labels: (B,) contiguous int64.
-  PairBlocks(const PointCoef<acc_t>* coef, const at::Tensor& pairs, const at::Tensor& labels, int64_t T_)
-      : P(pairs.size(0)), T(T_), blocks((P + V - 1) / V), coefs(3 * blocks * T * V, acc_t(0)),
-        ends(3 * blocks * V, 0) {
-    const int64_t cells = blocks * T * V, lanes = blocks * V;
-    std::fill(coefs.begin() + 2 * cells, coefs.end(), acc_t(INFINITY));
-    alpha = coefs.data();
-    beta = alpha + cells;
-    sqnorm = beta + cells;
-    k = ends.data();
-    l = k + lanes;
-    label = l + lanes;
+  // pairs: (P, 2) contiguous with valid rows; labels: (B,) contiguous int64.
+  PairBlocks(const PointCoef<acc_t>* table_, const at::Tensor& pairs, const at::Tensor& labels, int64_t T_)
+      : table(table_), P(pairs.size(0)), T(T_), blocks((P + V - 1) / V), alpha(blocks * T * V),
+        beta(blocks * T * V), sqnorm(blocks * T * V, acc_t(INFINITY)), k(blocks * V), l(blocks * V),
+        label(blocks * V) {
     const int64_t *pr = pairs.data_ptr<int64_t>(), *lab = labels.data_ptr<int64_t>();
     for (int64_t q = 0; q < P; ++q) {
       for (int64_t r = 0; r < T; ++r) {
-        const PointCoef<acc_t>& c = coef[q * T + r];
-        coefs[cell(q, r)] = c.alpha;
-        coefs[cells + cell(q, r)] = c.beta;
-        coefs[2 * cells + cell(q, r)] = c.sqnorm;
+        const int64_t at = ((q / V) * T + r) * V + q % V;
+        alpha[at] = table[q * T + r].alpha;
+        beta[at] = table[q * T + r].beta;
+        sqnorm[at] = table[q * T + r].sqnorm;
       }
-      ends[q] = pr[2 * q];
-      ends[lanes + q] = pr[2 * q + 1];
-      ends[2 * lanes + q] = lab[pr[2 * q]];  // a positive pair's label: that of either endpoint
-      adjacent &= pr[2 * q] == 2 * q && pr[2 * q + 1] == 2 * q + 1;
+      k[q] = pr[2 * q];
+      l[q] = pr[2 * q + 1];
+      label[q] = lab[pr[2 * q]];  // a positive pair's label: that of either endpoint
+      adjacent &= k[q] == 2 * q && l[q] == 2 * q + 1;
     }
   }
-  PairBlocks(const PairBlocks&) = delete;  // alpha .. label point into its own arrays
-  PairBlocks& operator=(const PairBlocks&) = delete;
-
-  int64_t cell(int64_t q, int64_t r) const { return ((q / V) * T + r) * V + q % V; }
 
   // Whether every endpoint has a finite squared norm: then, by Cauchy-Schwarz, so do the synthetic points and
   // every Gram entry the search reads, the row path's condition.
   bool endpoints_finite() const {
-    for (int64_t q = 0; q < P; ++q)
-      if (!std::isfinite(sqnorm[cell(q, 0)]) || !std::isfinite(sqnorm[cell(q, T - 1)])) return false;
+    for (int64_t q = 0; q < P * T; q += T)
+      if (!std::isfinite(table[q].sqnorm) || !std::isfinite(table[q + T - 1].sqnorm)) return false;
     return true;
-  }
-
-  PointCoef<acc_t> point(int64_t q, int64_t r) const {
-    return PointCoef<acc_t>{alpha[cell(q, r)], beta[cell(q, r)], sqnorm[cell(q, r)], acc_t(0)};
   }
 };
 
-// What row p reads besides the blocks: the Gram rows of its pair (i, j) (row stride ld), its label and its
-// points' coefficients. With `upper_only` the Gram's lower triangle is not filled in: (a, c), c < a, is read
-// at (c, a).
+// What row p of `query` reads besides the blocks: the Gram rows of its pair (i, j) (row stride ld), its label
+// and its points' coefficients. With `upper_only` the Gram's lower triangle is not filled in: (a, c), c < a,
+// is read at (c, a).
 template <typename acc_t>
 struct RowArgs {
   const acc_t* gram;
   int64_t ld, i, j, label;
-  const PointCoef<acc_t>* coef;  // coef[t], t < T: copied out of the query's blocks into the task's buffer
+  const PointCoef<acc_t>* coef;  // coef[t], t < T
   bool upper_only;
 
-  RowArgs(const PairBlocks<acc_t>& query, int64_t p, const acc_t* gram_, int64_t ld_, bool upper_only_,
-          PointCoef<acc_t>* buffer)
-      : gram(gram_), ld(ld_), i(query.k[p]), j(query.l[p]), label(query.label[p]), coef(buffer),
-        upper_only(upper_only_) {
-    for (int64_t t = 0; t < query.T; ++t) buffer[t] = query.point(p, t);
-  }
+  RowArgs(const PairBlocks<acc_t>& query, int64_t p, const acc_t* gram_, int64_t ld_, bool upper_only_)
+      : gram(gram_), ld(ld_), i(query.k[p]), j(query.l[p]), label(query.label[p]), coef(query.table + p * query.T),
+        upper_only(upper_only_) {}
 };
 
 // The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: 2 <a(q,r), x_i>,
@@ -110,9 +89,6 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   };
   // The adjacent layout's vector loads need a full block and, on the upper triangle, columns right of i and j.
   if (pb.adjacent && (b + 1) * W <= pb.P && (!kUpperOnly || 2 * b * W > std::max(row.i, row.j))) {
-    // A row's blocks come far apart in time: prefetch the Gram entries of a later one.
-    __builtin_prefetch(gi + 2 * (b + 2) * W);
-    __builtin_prefetch(gj + 2 * (b + 2) * W);
     deinterleave_lanes(load_lanes<V>(gi + 2 * b * W), load_lanes<V>(gi + 2 * b * W + W), g_ik, g_il);
     deinterleave_lanes(load_lanes<V>(gj + 2 * b * W), load_lanes<V>(gj + 2 * b * W + W), g_jk, g_jl);
   } else {
@@ -128,10 +104,10 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   for (int e = 0; e < W; ++e) same[e] = pb.label[b * W + e] == row.label ? -1 : 0;
   const int64_t off = b * pb.T * W;
   for (int64_t r = 0; r < pb.T; ++r) {
-    const V al = load_lanes<V>(pb.alpha + off + r * W), be = load_lanes<V>(pb.beta + off + r * W);
+    const V al = load_lanes<V>(&pb.alpha[off + r * W]), be = load_lanes<V>(&pb.beta[off + r * W]);
     store_lanes(buf + (3 * r) * W, doubled_dot(al, be, g_ik, g_il));
     store_lanes(buf + (3 * r + 1) * W, doubled_dot(al, be, g_jk, g_jl));
-    store_lanes(buf + (3 * r + 2) * W, same ? (V{} + acc_t(INFINITY)) : load_lanes<V>(pb.sqnorm + off + r * W));
+    store_lanes(buf + (3 * r + 2) * W, same ? (V{} + acc_t(INFINITY)) : load_lanes<V>(&pb.sqnorm[off + r * W]));
   }
 }
 
@@ -149,17 +125,13 @@ EE_LANES_INLINE V lane_d2(const acc_t* cand, const PointCoef<acc_t>& at) {
   return v > acc_t(0) ? v : V{};
 }
 
-// Candidate blocks per pass over the points t of a row: few enough that their candidates stay in L1.
-constexpr int64_t kChunkBlocks = 8;
-
-// hard_negative_points, row p: per t and lane, the minimum d2 (sq_dist(), clamped) and the key q*T + r of its
-// first minimizer, into m[t*V + lane], key[t*V + lane] (key -1: no candidate). Within a lane, blocks and r
-// come in increasing key order and only a strictly smaller d2 replaces the state, so each lane keeps its
-// smallest key among ties. Two t at a time share the candidate loads as two independent dependency chains.
-// `buf` holds kChunkBlocks * 3T * V elements.
+// hard_negative_points, row p: per t and lane, the minimum d2 (sq_dist()) and the key q*T + r of its first
+// minimizer (-1: none): keys come in increasing order and only a strictly smaller d2 wins, so ties keep the
+// smallest. Two t at a time share the candidate loads as two independent dependency chains. buf: blocks * 3T * V
+// elements; m, key: T * V.
 template <typename acc_t>
-EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, acc_t* buf,
-                                    acc_t* state_m, typename Lanes<acc_t>::key_t* state_k) {
+EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, acc_t* buf, acc_t* m,
+                                    typename Lanes<acc_t>::key_t* key) {
   using V = typename Lanes<acc_t>::V;
   using K = typename Lanes<acc_t>::K;
   using key_t = typename Lanes<acc_t>::key_t;
@@ -167,33 +139,26 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
   const int64_t T = pb.T;
   K lane_key;  // lane e holds pair q = b*V + e: key (b*V + e)*T + r = lane_key[e] + b*V*T + r
   for (int e = 0; e < W; ++e) lane_key[e] = key_t(e * T);
-  for (int64_t t = 0; t < T; ++t) {
-    store_lanes(state_m + t * W, V{} + acc_t(INFINITY));
-    store_lanes(state_k + t * W, K{} - 1);
-  }
-  for (int64_t b0 = 0; b0 < pb.blocks; b0 += kChunkBlocks) {
-    const int64_t b1 = std::min(pb.blocks, b0 + kChunkBlocks);
-    for (int64_t b = b0; b < b1; ++b) fill_block<false>(pb, row, b, buf + (b - b0) * 3 * T * W);
-    for (int64_t t = 0; t < T; t += 2) {
-      const int64_t t1 = std::min(t + 1, T - 1);  // t1 == t: the odd chain repeats the even one
-      V m0 = load_lanes<V>(state_m + t * W), m1 = load_lanes<V>(state_m + t1 * W);
-      K k0 = load_lanes<K>(state_k + t * W), k1 = load_lanes<K>(state_k + t1 * W);
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t r = 0; r < T; ++r) {
-          const acc_t* cand = buf + ((b - b0) * T + r) * 3 * W;
-          const K key = lane_key + key_t(b * W * T + r);
-          const V v0 = lane_d2(cand, row.coef[t]), v1 = lane_d2(cand, row.coef[t1]);
-          const K better0 = v0 < m0, better1 = v1 < m1;
-          m0 = better0 ? v0 : m0;
-          k0 = better0 ? key : k0;
-          m1 = better1 ? v1 : m1;
-          k1 = better1 ? key : k1;
-        }
-      store_lanes(state_m + t1 * W, m1);
-      store_lanes(state_k + t1 * W, k1);
-      store_lanes(state_m + t * W, m0);
-      store_lanes(state_k + t * W, k0);
-    }
+  for (int64_t b = 0; b < pb.blocks; ++b) fill_block<false>(pb, row, b, buf + b * 3 * T * W);
+  for (int64_t t = 0; t < T; t += 2) {
+    const int64_t t1 = std::min(t + 1, T - 1);  // t1 == t: the odd chain repeats the even one
+    V m0 = V{} + acc_t(INFINITY), m1 = m0;
+    K k0 = K{} - 1, k1 = k0;
+    for (int64_t b = 0; b < pb.blocks; ++b)
+      for (int64_t r = 0; r < T; ++r) {
+        const acc_t* cand = buf + (b * T + r) * 3 * W;
+        const K kr = lane_key + key_t(b * W * T + r);
+        const V v0 = lane_d2(cand, row.coef[t]), v1 = lane_d2(cand, row.coef[t1]);
+        const K better0 = v0 < m0, better1 = v1 < m1;
+        m0 = better0 ? v0 : m0;
+        k0 = better0 ? kr : k0;
+        m1 = better1 ? v1 : m1;
+        k1 = better1 ? kr : k1;
+      }
+    store_lanes(m + t1 * W, m1);
+    store_lanes(key + t1 * W, k1);
+    store_lanes(m + t * W, m0);
+    store_lanes(key + t * W, k0);
   }
 }
 EE_VECTORIZED(point_row)
@@ -207,9 +172,8 @@ struct PairKeys {
   int64_t bound(int64_t T) const { return T << shift; }
 };
 
-// What pair_block() gives per lane (pair q): the minimum d2, the output (p, q)'s (t, r) and the output
-// (q, p)'s (r, t) in its own terms (the same point pair unless the minimum is tied); -1 where there is no
-// candidate.
+// What pair_block() gives per lane (pair q): the minimum d2, output (p, q)'s (t, r) and output (q, p)'s (r, t)
+// (the same point pair unless the minimum is tied); -1 where there is no candidate.
 template <typename acc_t>
 struct BlockResult {
   using key_t = typename Lanes<acc_t>::key_t;
@@ -218,12 +182,11 @@ struct BlockResult {
   key_t t[W], r[W], r_q[W], t_p[W];
 };
 
-// hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers. The hot
-// loop skips sq_dist()'s clamp at 0 and keeps the first and the last key (t-major visit) attaining the
-// running minimum: a lane with a unique, positive minimum has its result (clamping changes nothing above 0,
-// and the unique minimizer gives both outputs' keys); the others (ties, and minima <= 0, which the clamp turns
-// into ties at 0: every duplicate point makes one) are rescanned in scalar code with sq_dist()'s arithmetic.
-// Even and odd t run as two independent chains that share the candidate loads. `buf` holds 3T * V elements.
+// hard_negative_pairs: row p against the V pairs q of block b, all T x T point pairs, in registers. The hot loop
+// skips sq_dist()'s clamp at 0 and keeps the first and the last key (t-major) attaining the running minimum: a
+// lane with a unique, positive minimum is final (the clamp changes nothing above 0); the others (ties, minima
+// <= 0: every duplicate point makes one) are rescanned in scalar code with sq_dist()'s arithmetic. Even and odd
+// t run as two independent chains that share the candidate loads. `buf` holds 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void pair_block_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, int64_t b, acc_t* buf,
                                      const PairKeys& keys, BlockResult<acc_t>& out) {
@@ -311,12 +274,10 @@ void point_rows_cpu(const PairBlocks<acc_t>& query, const PairBlocks<acc_t>& ref
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = ref.T;
   at::parallel_for(0, query.P, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(kChunkBlocks * 3 * T * W), state_m(T * W);
+    std::vector<acc_t> buf(ref.blocks * 3 * T * W), state_m(T * W);
     std::vector<key_t> state_k(T * W);
-    std::vector<PointCoef<acc_t>> coef(T);
     for (int64_t p = begin; p < end; ++p) {
-      point_row(ref, RowArgs<acc_t>(query, p, gram, ld, false, coef.data()), buf.data(), state_m.data(),
-                state_k.data());
+      point_row(ref, RowArgs<acc_t>(query, p, gram, ld, false), buf.data(), state_m.data(), state_k.data());
       for (int64_t t = 0; t < T; ++t) {  // the lanes' (min, smallest key)
         acc_t m = acc_t(INFINITY);
         int64_t c = -1;
@@ -350,10 +311,9 @@ void pair_rows_cpu(const PairBlocks<acc_t>& query, const PairBlocks<acc_t>& ref,
   const PairKeys keys(T);
   at::parallel_for(0, within ? (P + 1) / 2 : P, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(3 * T * W);
-    std::vector<PointCoef<acc_t>> coef(T);
     BlockResult<acc_t> res;
     auto row = [&](int64_t p) {
-      const RowArgs<acc_t> ra(query, p, gram, ld, upper_only, coef.data());
+      const RowArgs<acc_t> ra(query, p, gram, ld, upper_only);
       for (int64_t b = within ? p / W : 0; b < ref.blocks; ++b) {
         pair_block(ref, ra, b, buf.data(), keys, res);
         const int64_t q0 = b * W, e0 = within ? std::max<int64_t>(0, p - q0) : 0, e1 = std::min<int64_t>(W, Q - q0);

@@ -1,6 +1,5 @@
-// The forward search's tile path on the CPU: the tiles of search_tiles.h driven by at::parallel_for, each
-// emulating one CUDA block (its shared memory a buffer, its threads a loop), so the CPU tests check the GPU's
-// tiling.
+// The forward search's tile path on the CPU: the tiles of search_tiles.h, each emulating one CUDA block (its
+// shared memory a buffer, its threads a loop), so that the CPU tests check the GPU's tiling.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,10 +20,9 @@ struct TileSet {
   int64_t rows;
 
   TileSet(const at::Tensor& coef_, const at::Tensor& pairs_, const at::Tensor& labels, int64_t rows_)
-      : coef(coef_),
-        pairs(pairs_),
-        pair_label(labels.defined() ? labels.index_select(0, pairs_.select(1, 0)).contiguous() : at::Tensor()),
-        rows(rows_) {}
+      : coef(coef_), pairs(pairs_), rows(rows_) {
+    if (labels.defined()) pair_label = labels.index_select(0, pairs_.select(1, 0)).contiguous();
+  }
 
   PairSet<acc_t> view() const {
     return PairSet<acc_t>{coef_ptr<acc_t>(coef), pairs.data_ptr<int64_t>(),

@@ -9,18 +9,13 @@
 
 #include "routes_cpu.h"
 
-// The vector types only cross calls that are inlined, so the ABI note GCC gives for 32-byte vectors in
-// baseline code does not apply (this header is included by the CPU sources only).
+// Vectors cross only inlined calls, so GCC's ABI note on 32-byte vectors in baseline code does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace ee {
 
 // Everything a hot loop calls is forced inline, so that it is compiled for the ISA of the copy that runs it.
-#if defined(__GNUC__)
 #define EE_LANES_INLINE inline __attribute__((always_inline))
-#else
-#define EE_LANES_INLINE inline
-#endif
 
 // EE_VECTORIZED(f): f(args...) runs f_impl(args...), an EE_LANES_INLINE template, compiled for AVX2 or for the
 // baseline x86-64 ISA the extension is built for, as cpu_routes().avx2 selects (routes_cpu.h).
@@ -33,9 +28,7 @@ namespace ee {
   template <typename... A>                                                                        \
   auto f(A&&... a) { return cpu_routes().avx2 ? f##_avx2(a...) : f##_baseline(a...); }
 #else
-#define EE_VECTORIZED(f) \
-  template <typename... A> \
-  auto f(A&&... a) { return f##_impl(a...); }
+#define EE_VECTORIZED(f) template <typename... A> auto f(A&&... a) { return f##_impl(a...); }
 #endif
 
 // One vector of V lanes of acc_t (float or double), and the vector of integers (keys, masks) of the same

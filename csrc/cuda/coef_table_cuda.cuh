@@ -1,4 +1,4 @@
-// The (P, T) table of point coefficients on the GPU, one warp per point (see cpu/coef_table_cpu.h).
+// The (P, T) table of point coefficients on the GPU, one warp per point (see cpu/point_coef_cpu.h).
 // It also gathers each pair's label, with invalid rows guarded (no host-side read of the indices).
 #pragma once
 
