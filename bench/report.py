@@ -400,22 +400,31 @@ def ablation_section(path):
            f"{len(a['rounds'])} rounds that alternate the builds (each in its own process, each leading a round in "
            f"turn), at least {a.get('min_seconds', 0.6)} s of calls per row, build and round. A cell is the median "
            "over rounds of that round's time of the build / the base's: above 1, leaving the tuning out is slower. "
-           "A tuning stays only where it gains at least 10 % on a W1 or W2 row (a cell of at least 1.10); the "
-           "others were removed from the kernels. Command: `" + a.get("command", "python bench/ablation.py") + "`.",
-           "", "| left out | " + " | ".join(f"{r}" for r in rows) + " | best gain | kept |",
+           "A tuning stays only where it gains at least 10 % on a W1 or W2 row (a cell of at least 1.10) that it can "
+           "affect, confirmed where a single cell decided; the others were removed from the kernels. Command: `" + a.get("command", "python bench/ablation.py") + "`.",
+           "", "| left out | " + " | ".join(f"{r}" for r in rows) + " | best gain | decision |",
            "|---|" + "---|" * (len(rows) + 2),
            "| (base: seconds per call) | " + " | ".join(fmt_time(a["seconds"][base][r]) for r in rows) + " | | |"]
     for n in builds:
         cells = a["ratio"][n]
         best = max(cells.values())
-        kept = "yes" if best >= 1.10 else "no (removed)"
-        if n == "new":
-            kept = "—"
+        kept = a.get("decision", {}).get(n) or ("kept" if best >= 1.10 else "removed")
         what = a.get("left_out", {}).get(n) or n
         out.append(f"| {what} (`{n}`) | " + " | ".join(f"{cells[r]:.2f}" for r in rows)
                    + f" | {(best - 1) * 100:+.0f} % | {kept} |")
     if a.get("notes"):
         out += [""] + [f"- {t}" for t in a["notes"]]
+    v = a.get("versus")
+    if v:
+        vrows = list(v["seconds"][v["base"]])
+        out += ["", f"**{v['title']}** (the run of the issue's bar: no W2 row more than 15 % slower), the same way: "
+                f"{v['rounds']} rounds, at least {v['min_seconds']} s of calls per row, build and round; a cell is "
+                f"the build's time / {v['base']}'s. Command: `{v['command']}`.", "",
+                "| build | " + " | ".join(vrows) + " |", "|---|" + "---|" * len(vrows),
+                f"| {v['base']} (seconds per call) | " + " | ".join(fmt_time(v["seconds"][v["base"]][r]) for r in vrows)
+                + " |"]
+        for n in (v["build"], v["other"]):
+            out.append(f"| {n} | " + " | ".join(f"{v['ratio'][n][r]:.2f}" for r in vrows) + " |")
     return "\n".join(out)
 
 

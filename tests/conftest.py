@@ -61,11 +61,12 @@ def make_batch(classes: int, per_class: int, D: int, *, device="cpu", dtype=torc
 
 
 @contextlib.contextmanager
-def cpu_routes(tiles: bool = False, backward: str = "default", avx2: bool | None = None,
+def cpu_routes(tiles: bool = False, backward: str = "cost", avx2: bool | None = None,
                key_limit: int | None = None):
     """The CPU kernels' routes inside the block (a switch for the tests only, docs/design.md §4-§5): every
-    search on the CUDA kernels' tiles (``tiles``); every search backward through the CUDA backward's
-    per-output scatter, run serially (``backward="scatter"``, else ``"default"``); the ISA of the vectorized
+    search on the CUDA kernels' tiles (``tiles``); the searches' backward route: ``"cost"`` (the default
+    choice), ``"points"`` or ``"gram"`` (hard_negative_pairs), ``"scatter"`` (the CUDA backward's per-output
+    scatter, run serially); the ISA of the vectorized
     loops (``avx2``: True, False for the baseline copies, None for the default); the row path's largest key
     (``key_limit``: searches whose keys exceed it take the tiles; None for the int32 maximum)."""
     from ee_cuda import _backend
@@ -73,7 +74,7 @@ def cpu_routes(tiles: bool = False, backward: str = "default", avx2: bool | None
     try:
         yield
     finally:
-        _backend._C._set_cpu_routes(False, "default")
+        _backend._C._set_cpu_routes(False, "cost")
 
 
 def tiles_search(X, pairs, labels, n, normalize, points):

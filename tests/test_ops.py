@@ -116,12 +116,12 @@ def test_search_matches_reference(device, dtype, op):
 
 
 @pytest.mark.parametrize("tiles", [False, True], ids=["rows", "tiles"])
-@pytest.mark.parametrize("op, backward", [("pairs", "default"), ("pairs", "scatter"), ("points", "default"),
-                                          ("points", "scatter")])
+@pytest.mark.parametrize("op, backward", [("pairs", "cost"), ("pairs", "points"), ("pairs", "gram"),
+                                          ("pairs", "scatter"), ("points", "cost"), ("points", "scatter")])
 def test_cpu_route_matrix(tiles, op, backward):
     """Every CPU route, forced (the tests' switch, docs/design.md §4-§5): each forward route (rows, tiles) and
-    each backward route (the CPU's own, the CUDA backward's scatter run serially) equals the reference on both
-    pair layouts, and the two forward routes are bit-identical."""
+    each backward route (hard_negative_pairs: through the points or through dG; both: the CUDA backward's scatter
+    run serially) equals the reference on both pair layouts, and the two forward routes are bit-identical."""
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
     ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
     check = check_pairs_output if op == "pairs" else check_points_output
@@ -279,8 +279,9 @@ def test_pairs_backward_with_unpaired_rows(normalize):
 
 
 def pairs_backward_cases(dtype):
-    """Inputs for hard_negative_pairs' backward: adjacent pairs, and classes of 3 ("all" pairs share rows)
-    among unpaired rows."""
+    """Inputs for hard_negative_pairs' backward: adjacent pairs over several chunks of gradient points (the route
+    through the points) with D off its 128-byte column blocks, and classes of 3 ("all" pairs share rows) among
+    unpaired rows."""
     X, labels = make_batch(100, 4, 37, dtype=dtype)
     yield X, ee_cuda.positive_pairs(labels, "adjacent"), labels, 2, True
     X, labels = make_batch(24, 2, 70, dtype=dtype, normalize_rows=False)
@@ -304,10 +305,11 @@ def mismatch_transposes(dist, index, T, fraction=0.3):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mirrored", [True, False])
-def test_pairs_backward_equals_the_scatter(dtype, mirrored):
-    """hard_negative_pairs' CPU backward (own factors summed per point, own entries in D-space) equals the CUDA
-    backward's per-output scatter, run serially, on the forward's outputs, whose (q, p) mirrors (p, q), and on
-    a caller's outputs that do not."""
+@pytest.mark.parametrize("route", ["points", "gram"])
+def test_pairs_backward_routes_equal_the_scatter(dtype, mirrored, route):
+    """hard_negative_pairs' CPU backward routes (through the selected points, one term per q where (q, p) mirrors
+    (p, q); through dG) equal the CUDA backward's per-output scatter, run serially, on the forward's outputs,
+    whose (q, p) mirrors (p, q), and on a caller's outputs that do not (each output taken on its own)."""
     tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype]
     for X, pairs, labels, n, normalize in pairs_backward_cases(dtype):
         dist, index = ee_cuda.hard_negative_pairs(X, pairs, labels, n, normalize, **FUSED)
@@ -315,7 +317,8 @@ def test_pairs_backward_equals_the_scatter(dtype, mirrored):
             dist, index = mismatch_transposes(dist, index, n + 2)
         w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
         w[torch.rand_like(w) < 0.1] = 0
-        g = torch.ops.ee_cuda.hard_negative_pairs_backward(w, X, pairs, dist, index, n, normalize)
+        with cpu_routes(backward=route):
+            g = torch.ops.ee_cuda.hard_negative_pairs_backward(w, X, pairs, dist, index, n, normalize)
         g_dG = scatter_backward(w, X, pairs, dist, index, n, normalize, False)
         scale = g_dG.abs().max()
         torch.testing.assert_close(g, g_dG, atol=tol * scale, rtol=tol)
@@ -341,7 +344,7 @@ def test_aten_override_selects_the_baseline_copies():
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2: only the baseline copies can run")
-@pytest.mark.parametrize("tiles, backward", [(False, "default"), (True, "default")])
+@pytest.mark.parametrize("tiles, backward", [(False, "points"), (False, "gram"), (True, "cost")])
 @pytest.mark.parametrize("op", ["pairs", "points"])
 def test_isa_copies_bit_identical(op, tiles, backward):
     """The AVX2 and the baseline copies of the vectorized loops (forced by the tests' switch) give bit-identical

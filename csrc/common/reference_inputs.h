@@ -1,5 +1,6 @@
-// What the searches against a reference set start from on either device: the arguments checked (pair values
-// too on the CPU, where reading them is free), made contiguous and converted to the accumulation type.
+// What the searches against a reference set start from on either device (and the CPU's in-batch backwards, a
+// batch being its own reference): the arguments checked (pair values too on the CPU, where reading them is
+// free), made contiguous and converted to the accumulation type.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,7 +1,6 @@
-// The Gram matrix G = X X^T of the forward, and the in-place transposes of a square matrix: G's lower triangle
-// mirrored from its upper one, dG + dG^T of the backward. The transposes go in W x W tiles (W = lanes of one
-// vector) transposed in registers: a tile's column walk touches W rows only, where a walk down a whole column
-// of a power-of-two row length maps every row to the same L1 set and evicts itself.
+// The Gram matrix G = X X^T of the forward, its lower triangle mirrored, and dG + dG^T of the backward, in W x W
+// tiles transposed in registers: a tile's column walk touches W rows only, where a walk down a whole column of a
+// power-of-two row length maps every row to the same L1 set and evicts itself.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -46,8 +45,8 @@ EE_LANES_INLINE void transpose_lanes(typename Lanes<acc_t>::V* r) {
   }
 }
 
-// Tile row ti of g: for every tile (ti, tj), tj >= ti, and its mirror (tj, ti), either lower := upper^T
-// (kSymmetrize false) or both := upper + lower^T. Diagonal and partial tiles go element by element.
+// Tile row ti of g and its mirror: lower := upper^T, or both := upper + lower^T (kSymmetrize), element-wise on
+// diagonal and partial tiles.
 template <bool kSymmetrize, typename acc_t>
 EE_LANES_INLINE void mirror_tiles(acc_t* g, int64_t B, int64_t ti) {
   using V = typename Lanes<acc_t>::V;

@@ -1,7 +1,6 @@
 // The point coefficients on the CPU (docs/design.md §2): ||u|| of every synthetic point and the endpoints'
-// squared norms are computed in D-space (so that an exact zero midpoint stays exactly zero, as in the
-// reference), then formed into the (P, T) PointCoef table that every route reads: the tiles as it is, the row
-// path in its block layout (search_rows_cpu.h), the backwards as the points' gradient coefficients.
+// squared norms are computed in D-space (an exact zero midpoint stays exactly zero, as in the reference), then
+// formed into PointCoef, which each route lays out as it reads it (for_each_pair_coefs()).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -96,20 +95,31 @@ inline PointCoef<acc_t> point_coef_of_norm(acc_t norm, int64_t t, int64_t n, boo
   return point_coef<acc_t>(t, n, normalize, original ? acc_t(-1) : norm, original ? norm : acc_t(0));
 }
 
-// The (P, T) PointCoef table (coef_ptr()). X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous, valid.
-template <typename acc_t>
-at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
-  const int64_t P = pairs.size(0), T = n + 2, D = X.size(1);
-  at::Tensor table = at::empty({P, T, 4}, X.options());
-  PointCoef<acc_t>* out = coef_ptr<acc_t>(table);
+// emit(p, coef) with coef[t] the PointCoef of point t of pair p, for every pair, in parallel: what each route
+// lays out as it reads it (a table, the row path's lanes, gradient coefficients), none holding another's copy.
+// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous with valid rows.
+template <typename acc_t, typename Emit>
+void for_each_pair_coefs(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize, Emit&& emit) {
+  const int64_t D = X.size(1);
   const acc_t* x = X.data_ptr<acc_t>();
   const int64_t* pr = pairs.data_ptr<int64_t>();
-  at::parallel_for(0, P, 8, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> norm(T);
+  at::parallel_for(0, pairs.size(0), 8, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> norm(n + 2);
+    std::vector<PointCoef<acc_t>> coef(n + 2);
     for (int64_t p = begin; p < end; ++p) {
       pair_norms(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, norm.data());
-      for (int64_t t = 0; t < T; ++t) out[p * T + t] = point_coef_of_norm(norm[t], t, n, normalize);
+      for (int64_t t = 0; t < n + 2; ++t) coef[t] = point_coef_of_norm(norm[t], t, n, normalize);
+      emit(p, coef.data());
     }
+  });
+}
+
+// The (P, T) PointCoef table (coef_ptr()).
+template <typename acc_t>
+at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
+  at::Tensor table = at::empty({pairs.size(0), n + 2, 4}, X.options());
+  for_each_pair_coefs<acc_t>(X, pairs, n, normalize, [&](int64_t p, const PointCoef<acc_t>* coef) {
+    std::copy(coef, coef + n + 2, coef_ptr<acc_t>(table) + p * (n + 2));
   });
   return table;
 }

@@ -77,10 +77,10 @@ struct SparseRows {
 
 Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, const Tensor& pairs, const Tensor& dist,
                                          const Tensor& index, int64_t n, bool normalize) {
-  const BackwardInputs in = backward_inputs(grad, X_, pairs, dist, index, n, true);
+  const ReferenceBackward in = reference_backward_inputs(grad, X_, pairs, X_, pairs, dist, index, n, true);
   const int64_t P = in.pairs.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
-  if (P == 0 || X_.numel() == 0) return at::zeros_like(X_);
-  if (cpu_routes().scatter_backward)
+  if (in.empty) return at::zeros_like(X_);
+  if (cpu_routes().backward_route(false) == BackwardRoute::kScatter)
     return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
   Tensor dX = at::zeros({B, D}, in.X.options());
   AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_points_backward_cpu", [&] {

@@ -1,7 +1,6 @@
-// What the CPU backwards of the searches share (docs/design.md §5): their inputs, the points' gradient
-// coefficients, the gather of every output's gradient into a dense dG and per-point own sums, and the own
-// entries added in D-space. dX = (dG + dG^T) X within a batch; against a reference set dX = dG ref_X and
-// dref_X = dG^T X, the cross-Gram's own backward.
+// What the CPU backwards of the searches share (docs/design.md §5): the pairs' components, the points' gradient
+// coefficients, the gather of every output's gradient into a dense dG and per-point own sums, the own entries
+// added in D-space. Their inputs come from reference_inputs.h, a batch being its own reference.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-#include "../common/checks.h"
+#include "../common/reference_inputs.h"
 #include "../common/ee_math.h"
 #include "../common/search_tiles.h"
 #include "point_coef_cpu.h"
@@ -56,31 +55,12 @@ inline PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B
   return pc;
 }
 
-// What a search's backward reads, checked and in the accumulation type.
-struct BackwardInputs {
-  at::Tensor X, pairs, grad, dist, index;
-};
-
-inline BackwardInputs backward_inputs(const at::Tensor& grad, const at::Tensor& X, const at::Tensor& pairs,
-                                      const at::Tensor& dist, const at::Tensor& index, int64_t n, bool points) {
-  check_search_backward_inputs(grad, X, pairs, dist, index, n, {pairs.size(0), points ? n + 2 : pairs.size(0)});
-  BackwardInputs in;
-  in.pairs = pairs.contiguous();
-  check_pair_values_on_cpu(in.pairs, X.size(0));
-  const at::ScalarType acc = acc_type_of(X);
-  in.X = X.to(acc).contiguous();
-  in.grad = grad.to(acc).contiguous();
-  in.dist = dist.to(acc).contiguous();
-  in.index = index.contiguous();
-  return in;
-}
-
 // The CUDA backward's per-output scatter (search_tiles.h), run serially into a dense dG, then
 // dX = (dG + dG^T) X: a route the tests force (routes_cpu.h), defined in pairs_backward_cpu.cpp.
-at::Tensor scatter_backward_cpu(const BackwardInputs& in, int64_t n, bool normalize, bool points);
+at::Tensor scatter_backward_cpu(const ReferenceBackward& in, int64_t n, bool normalize, bool points);
 
-// One side of a backward: its pairs and the gradient coefficients of their points (point_grad_coef() of the
-// PointCoef table), grad[q * T + r].
+// One side of a backward: its pairs and the gradient coefficients of their points (point_grad_coef()),
+// grad[q * T + r].
 template <typename acc_t>
 struct GradSide {
   const int64_t* pairs;
@@ -89,19 +69,16 @@ struct GradSide {
 
   GradSide(const at::Tensor& X, const at::Tensor& pairs_, int64_t n, bool normalize)
       : pairs(pairs_.data_ptr<int64_t>()), count(pairs_.size(0)), grad(count * (n + 2)) {
-    const at::Tensor table = coef_table_cpu<acc_t>(X, pairs_, n, normalize);
-    const PointCoef<acc_t>* coef = coef_ptr<acc_t>(table);
-    for (int64_t o = 0; o < count * (n + 2); ++o)
-      grad[o] = point_grad_coef(coef[o], o % (n + 2), n, normalize);
+    for_each_pair_coefs<acc_t>(X, pairs_, n, normalize, [&](int64_t p, const PointCoef<acc_t>* coef) {
+      for (int64_t t = 0; t < n + 2; ++t) grad[p * (n + 2) + t] = point_grad_coef(coef[t], t, n, normalize);
+    });
   }
 };
 
-// Every output's gradient terms (output o: grad[o], dist[o], index[o]): the cross entries into dG (query rows x
-// reference rows, row-major, `cols` columns), the own factors summed per point into own (query, P x T) and
-// ref_own (reference, Q x T; within a batch the same points as own, kept apart). Each query pair's outputs are
-// taken by the task of its connected component, which owns the pair's rows of dG and its own sums; the
-// reference's own sums are summed per task and added in task order, so the gradient does not depend on the
-// threads.
+// Every output's gradient terms (output o: g[o], d[o], idx[o]): cross entries into dG (query rows x reference
+// rows, `cols` columns), own factors summed per point into own (P x T) and ref_own (Q x T; within a batch the
+// same points, kept apart). A query pair's outputs are taken by the task of its component, which owns the
+// pair's rows of dG and its own sums; ref_own is summed per task, in task order: deterministic.
 template <bool kPoints, typename acc_t>
 void gather_gradient(const GradSide<acc_t>& query, const GradSide<acc_t>& ref, const acc_t* g, const acc_t* d,
                      const int64_t* idx, int64_t rows, int64_t n, acc_t* dG, int64_t cols, std::vector<acc_t>& own,

@@ -30,12 +30,10 @@ void search(const Tensor& gram, bool lower_missing, const Side& query, const Sid
   const Side& other = ref ? *ref : query;
   const int64_t T = n + 2, ld = other.X.size(0);  // ld: the Gram's row stride
   acc_t* g = gram.data_ptr<acc_t>();
-  const Tensor query_coef = coef_table_cpu<acc_t>(query.X, query.pairs, n, normalize);
-  const Tensor ref_coef = ref ? coef_table_cpu<acc_t>(other.X, other.pairs, n, normalize) : query_coef;
   if (!cpu_routes().tiles && row_keys_fit<acc_t>(other.pairs.size(0), T, kPoints)) {
-    const PairBlocks<acc_t> query_blocks(coef_ptr<acc_t>(query_coef), query.pairs, query.labels, T);
+    const PairBlocks<acc_t> query_blocks(query.X, query.pairs, query.labels, n, normalize);
     std::optional<PairBlocks<acc_t>> ref_own_blocks;
-    if (ref) ref_own_blocks.emplace(coef_ptr<acc_t>(ref_coef), other.pairs, other.labels, T);
+    if (ref) ref_own_blocks.emplace(other.X, other.pairs, other.labels, n, normalize);
     const PairBlocks<acc_t>& ref_blocks = ref ? *ref_own_blocks : query_blocks;
     if (query_blocks.endpoints_finite() && ref_blocks.endpoints_finite()) {
       const bool upper_only = !kPoints && !ref && pairs_ascending(query.pairs);
@@ -46,8 +44,10 @@ void search(const Tensor& gram, bool lower_missing, const Side& query, const Sid
     }
   }
   if (lower_missing) mirror_in_place(g, ld, false);
+  const Tensor query_coef = coef_table_cpu<acc_t>(query.X, query.pairs, n, normalize);
   const TileSet<acc_t> query_set(query_coef, query.pairs, query.labels, query.X.size(0));
-  const TileSet<acc_t> ref_set(ref_coef, other.pairs, other.labels, ld);
+  const TileSet<acc_t> ref_set(ref ? coef_table_cpu<acc_t>(other.X, other.pairs, n, normalize) : query_coef,
+                               other.pairs, other.labels, ld);
   const SearchArgs<acc_t> args{g, query_set.view(), ref_set.view(), T, ref == nullptr};
   kPoints ? run_point_tiles(args, dist, index) : run_pair_tiles(args, dist, index);
 }

@@ -13,16 +13,16 @@
 #include <vector>
 
 #include "../common/ee_math.h"
+#include "point_coef_cpu.h"
 #include "simd_cpu.h"
 
 namespace ee {
 
-// A side's PointCoef table (point_coef_cpu.h) in block layout, shared by every row: block b holds pairs
+// A side's point coefficients (point_coef_cpu.h) in block layout, shared by every row: block b holds pairs
 // q = bV .. bV+V-1, one per lane. Padded lanes (q >= P) read row 0 and have ||a||^2 = +inf, so they never win.
 template <typename acc_t>
 struct PairBlocks {
   static constexpr int V = Lanes<acc_t>::kWidth;
-  const PointCoef<acc_t>* table;  // the (P, T) table itself, which the caller keeps
   int64_t P, T, blocks;
   std::vector<acc_t> alpha, beta, sqnorm;  // [block][r][lane]
   std::vector<int64_t> k, l, label;        // [block * V + lane]: pair q's rows and label
@@ -30,19 +30,19 @@ struct PairBlocks {
   // columns of a Gram row, read with two vector loads instead of 2V scalar ones.
   bool adjacent = true;
 
-  // pairs: (P, 2) contiguous with valid rows; labels: (B,) contiguous int64.
-  PairBlocks(const PointCoef<acc_t>* table_, const at::Tensor& pairs, const at::Tensor& labels, int64_t T_)
-      : table(table_), P(pairs.size(0)), T(T_), blocks((P + V - 1) / V), alpha(blocks * T * V),
-        beta(blocks * T * V), sqnorm(blocks * T * V, acc_t(INFINITY)), k(blocks * V), l(blocks * V),
-        label(blocks * V) {
+  // X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous with valid rows; labels: (B,) contiguous int64.
+  PairBlocks(const at::Tensor& X, const at::Tensor& pairs, const at::Tensor& labels, int64_t n, bool normalize)
+      : P(pairs.size(0)), T(n + 2), blocks((P + V - 1) / V), alpha(blocks * T * V), beta(blocks * T * V),
+        sqnorm(blocks * T * V, acc_t(INFINITY)), k(blocks * V), l(blocks * V), label(blocks * V) {
+    for_each_pair_coefs<acc_t>(X, pairs, n, normalize, [&](int64_t q, const PointCoef<acc_t>* coef) {
+      for (int64_t r = 0; r < T; ++r) {
+        alpha[cell(q, r)] = coef[r].alpha;
+        beta[cell(q, r)] = coef[r].beta;
+        sqnorm[cell(q, r)] = coef[r].sqnorm;
+      }
+    });
     const int64_t *pr = pairs.data_ptr<int64_t>(), *lab = labels.data_ptr<int64_t>();
     for (int64_t q = 0; q < P; ++q) {
-      for (int64_t r = 0; r < T; ++r) {
-        const int64_t at = ((q / V) * T + r) * V + q % V;
-        alpha[at] = table[q * T + r].alpha;
-        beta[at] = table[q * T + r].beta;
-        sqnorm[at] = table[q * T + r].sqnorm;
-      }
       k[q] = pr[2 * q];
       l[q] = pr[2 * q + 1];
       label[q] = lab[pr[2 * q]];  // a positive pair's label: that of either endpoint
@@ -53,10 +53,12 @@ struct PairBlocks {
   // Whether every endpoint has a finite squared norm: then, by Cauchy-Schwarz, so do the synthetic points and
   // every Gram entry the search reads, the row path's condition.
   bool endpoints_finite() const {
-    for (int64_t q = 0; q < P * T; q += T)
-      if (!std::isfinite(table[q].sqnorm) || !std::isfinite(table[q + T - 1].sqnorm)) return false;
+    for (int64_t q = 0; q < P; ++q)
+      if (!std::isfinite(sqnorm[cell(q, 0)]) || !std::isfinite(sqnorm[cell(q, T - 1)])) return false;
     return true;
   }
+
+  int64_t cell(int64_t q, int64_t r) const { return ((q / V) * T + r) * V + q % V; }
 };
 
 // What row p of `query` reads besides the blocks: the Gram rows of its pair (i, j) (row stride ld), its label
@@ -66,12 +68,16 @@ template <typename acc_t>
 struct RowArgs {
   const acc_t* gram;
   int64_t ld, i, j, label;
-  const PointCoef<acc_t>* coef;  // coef[t], t < T
+  const PointCoef<acc_t>* coef;  // coef[t], t < T: copied out of the query's lanes into the task's buffer
   bool upper_only;
 
-  RowArgs(const PairBlocks<acc_t>& query, int64_t p, const acc_t* gram_, int64_t ld_, bool upper_only_)
-      : gram(gram_), ld(ld_), i(query.k[p]), j(query.l[p]), label(query.label[p]), coef(query.table + p * query.T),
-        upper_only(upper_only_) {}
+  RowArgs(const PairBlocks<acc_t>& query, int64_t p, const acc_t* gram_, int64_t ld_, bool upper_only_,
+          PointCoef<acc_t>* buffer)
+      : gram(gram_), ld(ld_), i(query.k[p]), j(query.l[p]), label(query.label[p]), coef(buffer),
+        upper_only(upper_only_) {
+    for (int64_t t = 0, at = query.cell(p, 0); t < query.T; ++t, at += query.V)
+      buffer[t] = PointCoef<acc_t>{query.alpha[at], query.beta[at], query.sqnorm[at], acc_t(0)};
+  }
 };
 
 // The candidates of block b seen from row p, for r < T, into buf[(3r + 0|1|2) * V + lane]: 2 <a(q,r), x_i>,
@@ -125,10 +131,13 @@ EE_LANES_INLINE V lane_d2(const acc_t* cand, const PointCoef<acc_t>& at) {
   return v > acc_t(0) ? v : V{};
 }
 
+// Candidate blocks tabulated per pass over the points t of a row: a bounded buffer, whatever the pairs.
+constexpr int64_t kChunkBlocks = 8;
+
 // hard_negative_points, row p: per t and lane, the minimum d2 (sq_dist()) and the key q*T + r of its first
-// minimizer (-1: none): keys come in increasing order and only a strictly smaller d2 wins, so ties keep the
-// smallest. Two t at a time share the candidate loads as two independent dependency chains. buf: blocks * 3T * V
-// elements; m, key: T * V.
+// minimizer (-1: none), into m[t*V + lane] and key[t*V + lane]: keys come in increasing order and only a
+// strictly smaller d2 wins, so ties keep the smallest. Two t at a time share the candidate loads as two
+// independent dependency chains. `buf` holds kChunkBlocks * 3T * V elements.
 template <typename acc_t>
 EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<acc_t>& row, acc_t* buf, acc_t* m,
                                     typename Lanes<acc_t>::key_t* key) {
@@ -139,26 +148,33 @@ EE_LANES_INLINE void point_row_impl(const PairBlocks<acc_t>& pb, const RowArgs<a
   const int64_t T = pb.T;
   K lane_key;  // lane e holds pair q = b*V + e: key (b*V + e)*T + r = lane_key[e] + b*V*T + r
   for (int e = 0; e < W; ++e) lane_key[e] = key_t(e * T);
-  for (int64_t b = 0; b < pb.blocks; ++b) fill_block<false>(pb, row, b, buf + b * 3 * T * W);
-  for (int64_t t = 0; t < T; t += 2) {
-    const int64_t t1 = std::min(t + 1, T - 1);  // t1 == t: the odd chain repeats the even one
-    V m0 = V{} + acc_t(INFINITY), m1 = m0;
-    K k0 = K{} - 1, k1 = k0;
-    for (int64_t b = 0; b < pb.blocks; ++b)
-      for (int64_t r = 0; r < T; ++r) {
-        const acc_t* cand = buf + (b * T + r) * 3 * W;
-        const K kr = lane_key + key_t(b * W * T + r);
-        const V v0 = lane_d2(cand, row.coef[t]), v1 = lane_d2(cand, row.coef[t1]);
-        const K better0 = v0 < m0, better1 = v1 < m1;
-        m0 = better0 ? v0 : m0;
-        k0 = better0 ? kr : k0;
-        m1 = better1 ? v1 : m1;
-        k1 = better1 ? kr : k1;
-      }
-    store_lanes(m + t1 * W, m1);
-    store_lanes(key + t1 * W, k1);
-    store_lanes(m + t * W, m0);
-    store_lanes(key + t * W, k0);
+  for (int64_t t = 0; t < T; ++t) {
+    store_lanes(m + t * W, V{} + acc_t(INFINITY));
+    store_lanes(key + t * W, K{} - 1);
+  }
+  for (int64_t b0 = 0; b0 < pb.blocks; b0 += kChunkBlocks) {
+    const int64_t b1 = std::min(pb.blocks, b0 + kChunkBlocks);
+    for (int64_t b = b0; b < b1; ++b) fill_block<false>(pb, row, b, buf + (b - b0) * 3 * T * W);
+    for (int64_t t = 0; t < T; t += 2) {
+      const int64_t t1 = std::min(t + 1, T - 1);  // t1 == t: the odd chain repeats the even one
+      V m0 = load_lanes<V>(m + t * W), m1 = load_lanes<V>(m + t1 * W);
+      K k0 = load_lanes<K>(key + t * W), k1 = load_lanes<K>(key + t1 * W);
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t r = 0; r < T; ++r) {
+          const acc_t* cand = buf + ((b - b0) * T + r) * 3 * W;
+          const K kr = lane_key + key_t(b * W * T + r);
+          const V v0 = lane_d2(cand, row.coef[t]), v1 = lane_d2(cand, row.coef[t1]);
+          const K better0 = v0 < m0, better1 = v1 < m1;
+          m0 = better0 ? v0 : m0;
+          k0 = better0 ? kr : k0;
+          m1 = better1 ? v1 : m1;
+          k1 = better1 ? kr : k1;
+        }
+      store_lanes(m + t1 * W, m1);
+      store_lanes(key + t1 * W, k1);
+      store_lanes(m + t * W, m0);
+      store_lanes(key + t * W, k0);
+    }
   }
 }
 EE_VECTORIZED(point_row)
@@ -166,9 +182,7 @@ EE_VECTORIZED(point_row)
 // A key (t << shift) + r of hard_negative_pairs' (t, r): ordered as t*T + r, split with a shift and a mask.
 struct PairKeys {
   int shift = 0;
-  explicit PairKeys(int64_t T) {
-    while ((int64_t(1) << shift) < T) ++shift;
-  }
+  explicit PairKeys(int64_t T) { while ((int64_t(1) << shift) < T) ++shift; }
   int64_t bound(int64_t T) const { return T << shift; }
 };
 
@@ -274,10 +288,12 @@ void point_rows_cpu(const PairBlocks<acc_t>& query, const PairBlocks<acc_t>& ref
   constexpr int W = Lanes<acc_t>::kWidth;
   const int64_t T = ref.T;
   at::parallel_for(0, query.P, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(ref.blocks * 3 * T * W), state_m(T * W);
+    std::vector<acc_t> buf(kChunkBlocks * 3 * T * W), state_m(T * W);
     std::vector<key_t> state_k(T * W);
+    std::vector<PointCoef<acc_t>> coef(T);
     for (int64_t p = begin; p < end; ++p) {
-      point_row(ref, RowArgs<acc_t>(query, p, gram, ld, false), buf.data(), state_m.data(), state_k.data());
+      point_row(ref, RowArgs<acc_t>(query, p, gram, ld, false, coef.data()), buf.data(), state_m.data(),
+                state_k.data());
       for (int64_t t = 0; t < T; ++t) {  // the lanes' (min, smallest key)
         acc_t m = acc_t(INFINITY);
         int64_t c = -1;
@@ -311,9 +327,10 @@ void pair_rows_cpu(const PairBlocks<acc_t>& query, const PairBlocks<acc_t>& ref,
   const PairKeys keys(T);
   at::parallel_for(0, within ? (P + 1) / 2 : P, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(3 * T * W);
+    std::vector<PointCoef<acc_t>> coef(T);
     BlockResult<acc_t> res;
     auto row = [&](int64_t p) {
-      const RowArgs<acc_t> ra(query, p, gram, ld, upper_only);
+      const RowArgs<acc_t> ra(query, p, gram, ld, upper_only, coef.data());
       for (int64_t b = within ? p / W : 0; b < ref.blocks; ++b) {
         pair_block(ref, ra, b, buf.data(), keys, res);
         const int64_t q0 = b * W, e0 = within ? std::max<int64_t>(0, p - q0) : 0, e1 = std::min<int64_t>(W, Q - q0);
