@@ -95,6 +95,8 @@ EE_LANES_INLINE void fill_block(const PairBlocks<acc_t>& pb, const RowArgs<acc_t
   };
   // The adjacent layout's vector loads need a full block and, on the upper triangle, columns right of i and j.
   if (pb.adjacent && (b + 1) * W <= pb.P && (!kUpperOnly || 2 * b * W > std::max(row.i, row.j))) {
+    __builtin_prefetch(gi + 2 * (b + 2) * W);  // a row's blocks come far apart in time
+    __builtin_prefetch(gj + 2 * (b + 2) * W);
     deinterleave_lanes(load_lanes<V>(gi + 2 * b * W), load_lanes<V>(gi + 2 * b * W + W), g_ik, g_il);
     deinterleave_lanes(load_lanes<V>(gj + 2 * b * W), load_lanes<V>(gj + 2 * b * W + W), g_jk, g_jl);
   } else {
