@@ -414,17 +414,16 @@ def ablation_section(path):
                    + f" | {(best - 1) * 100:+.0f} % | {kept} |")
     if a.get("notes"):
         out += [""] + [f"- {t}" for t in a["notes"]]
-    v = a.get("versus")
-    if v:
+    for v in a.get("versus", []):
         vrows = list(v["seconds"][v["base"]])
-        out += ["", f"**{v['title']}** (the run of the issue's bar: no W2 row more than 15 % slower), the same way: "
-                f"{v['rounds']} rounds, at least {v['min_seconds']} s of calls per row, build and round; a cell is "
-                f"the build's time / {v['base']}'s. Command: `{v['command']}`.", "",
+        out += ["", f"**{v['title']}**, the same way: {v['rounds']} rounds, at least {v['min_seconds']} s of calls per "
+                f"row, build and round; a cell is the build's time / {v['base']}'s (the issue's bar: no W2 row above "
+                f"1.15). Command: `{v['command']}`." + (f" {v['note']}" if v.get("note") else ""), "",
                 "| build | " + " | ".join(vrows) + " |", "|---|" + "---|" * len(vrows),
                 f"| {v['base']} (seconds per call) | " + " | ".join(fmt_time(v["seconds"][v["base"]][r]) for r in vrows)
                 + " |"]
-        for n in (v["build"], v["other"]):
-            out.append(f"| {n} | " + " | ".join(f"{v['ratio'][n][r]:.2f}" for r in vrows) + " |")
+        for label, n in v["builds"].items():
+            out.append(f"| {label} | " + " | ".join(f"{v['ratio'][n][r]:.2f}" for r in vrows) + " |")
     return "\n".join(out)
 
 
