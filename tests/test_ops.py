@@ -63,6 +63,15 @@ def grads(fn, X, *args, weight=None):
     return out, (torch.zeros_like(Xg) if g is None else g), w
 
 
+def reference_grad(op, X, pairs, labels, n, normalize, index, w):
+    """The reference's gradient of sum(w * dist) for the fused op's selection `index`: the twin's autograd where
+    it selects the same points, else the gradient through the selected pairs."""
+    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
+    if torch.equal(index, ref(X, pairs, labels, n, normalize)[1]):
+        return grads(lambda x: ref(x, pairs, labels, n, normalize), X, weight=w)[1]
+    return selected_pair_grad(X, pairs, n, normalize, index, w, op)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_expand_matches_reference(device, dtype):
     for X, pairs, labels, n, normalize in sample_inputs(device, dtype, n_values=(0, 1, 2, 8, 16)):
@@ -123,7 +132,6 @@ def test_cpu_route_matrix(tiles, op, backward):
     each backward route (hard_negative_pairs: through the points or through dG; both: the CUDA backward's scatter
     run serially) equals the reference on both pair layouts, and the two forward routes are bit-identical."""
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
-    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
     check = check_pairs_output if op == "pairs" else check_points_output
     seed = fresh_seed()
     for X, pairs, labels, n, normalize in sample_inputs("cpu", n_values=(0, 2)):
@@ -133,11 +141,7 @@ def test_cpu_route_matrix(tiles, op, backward):
         other = tiles_search(X, pairs, labels, n, normalize, op == "points")
         assert torch.equal(dist, other[0]) and torch.equal(index, other[1]), f"seed {seed}"
         check(X, pairs, labels, n, normalize, dist, index, 1e-9)
-        _, ref_index = ref(X, pairs, labels, n, normalize)
-        if torch.equal(index, ref_index):
-            _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, normalize), X, weight=w)
-        else:
-            g_ref = selected_pair_grad(X, pairs, n, normalize, index, w, op)
+        g_ref = reference_grad(op, X, pairs, labels, n, normalize, index, w)
         torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-9, msg=lambda m: f"{m}\nseed {seed}, n={n}")
 
 
@@ -368,7 +372,6 @@ def test_key_overflow_takes_the_tiles(op):
     """A search whose keys would overflow the row path's lanes takes the tile path: forced with a small key
     limit (the tests' switch), its outputs equal the row path's bit for bit and the gradient the reference's."""
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
-    ref = R.hard_negative_pairs if op == "pairs" else R.hard_negative_points
     seed = fresh_seed()
     for X, pairs, labels, n, normalize in sample_inputs("cpu", n_values=(0, 2)):
         with cpu_routes(key_limit=0):
@@ -376,11 +379,7 @@ def test_key_overflow_takes_the_tiles(op):
             _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X)
         rows = fused(X, pairs, labels, n, normalize, **FUSED)
         assert torch.equal(dist, rows[0]) and torch.equal(index, rows[1]), f"seed {seed}"
-        _, ref_index = ref(X, pairs, labels, n, normalize)
-        if torch.equal(index, ref_index):
-            _, g_ref, _ = grads(lambda x: ref(x, pairs, labels, n, normalize), X, weight=w)
-        else:
-            g_ref = selected_pair_grad(X, pairs, n, normalize, index, w, op)
+        g_ref = reference_grad(op, X, pairs, labels, n, normalize, index, w)
         torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-9, msg=lambda m: f"{m}\nseed {seed}, n={n}")
 
 
