@@ -3,11 +3,9 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <limits>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include "cpu/routes_cpu.h"
 
@@ -71,21 +69,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "Which fused kernels this build contains");
   m.def(
       "_set_cpu_routes",
-      [](bool tiles, const std::string& backward, std::optional<bool> avx2, std::optional<int64_t> key_limit) {
-        const std::vector<std::string> names{"cost", "points", "gram", "scatter"};  // BackwardRoute's order
-        const auto found = std::find(names.begin(), names.end(), backward);
-        TORCH_CHECK_VALUE(found != names.end(), "backward must be cost, points, gram or scatter, got ", backward);
+      [](bool tiles, bool scatter, std::optional<bool> avx2, std::optional<int64_t> key_limit) {
         TORCH_CHECK_VALUE(!avx2.value_or(false) || ee::cpu_has_avx2(), "avx2=True on a CPU without AVX2");
         TORCH_CHECK_VALUE(key_limit.value_or(0) >= 0, "key_limit must be >= 0, got ", key_limit.value_or(0));
         ee::cpu_routes().tiles = tiles;
-        ee::cpu_routes().backward = int(found - names.begin());
+        ee::cpu_routes().scatter = scatter;
         ee::cpu_routes().avx2 = avx2.value_or(ee::CpuRoutes::default_avx2());
         ee::cpu_routes().key_limit = key_limit.value_or(std::numeric_limits<int32_t>::max());
       },
-      pybind11::arg("tiles"), pybind11::arg("backward"), pybind11::arg("avx2") = pybind11::none(),
+      pybind11::arg("tiles"), pybind11::arg("scatter"), pybind11::arg("avx2") = pybind11::none(),
       pybind11::arg("key_limit") = pybind11::none(),
-      "Tests only: every CPU search on the CUDA kernels' tiles (tiles=True), the searches' backward route "
-      "(\"cost\", \"points\" or \"gram\" for hard_negative_pairs, \"scatter\": the CUDA backward's scatter run "
-      "serially), the ISA of the vectorized loops (None: AVX2 where the CPU has it and ATEN_CPU_CAPABILITY allows "
-      "it) and the largest key of the row path's lanes (None: the int32 maximum; smaller sends larger searches to the tiles)");
+      "Tests only: every CPU search on the CUDA kernels' tiles (tiles=True), the searches' backward as the CUDA "
+      "kernels' per-output scatter run serially (scatter=True), the ISA of the vectorized loops (None: AVX2 where "
+      "the CPU has it and ATEN_CPU_CAPABILITY allows it) and the largest key of the row path's lanes (None: the "
+      "int32 maximum; smaller sends larger searches to the tiles)");
 }

@@ -61,20 +61,19 @@ def make_batch(classes: int, per_class: int, D: int, *, device="cpu", dtype=torc
 
 
 @contextlib.contextmanager
-def cpu_routes(tiles: bool = False, backward: str = "cost", avx2: bool | None = None,
+def cpu_routes(tiles: bool = False, scatter: bool = False, avx2: bool | None = None,
                key_limit: int | None = None):
     """The CPU kernels' routes inside the block (a switch for the tests only, docs/design.md §4-§5): every
-    search on the CUDA kernels' tiles (``tiles``); the searches' backward route: ``"cost"`` (the default
-    choice), ``"points"`` or ``"gram"`` (hard_negative_pairs), ``"scatter"`` (the CUDA backward's per-output
-    scatter, run serially); the ISA of the vectorized
-    loops (``avx2``: True, False for the baseline copies, None for the default); the row path's largest key
-    (``key_limit``: searches whose keys exceed it take the tiles; None for the int32 maximum)."""
+    search on the CUDA kernels' tiles (``tiles``); the searches' backward as the CUDA kernels' per-output
+    scatter, run serially (``scatter``); the ISA of the vectorized loops (``avx2``: True, False for the
+    baseline copies, None for the default); the row path's largest key (``key_limit``: searches whose keys
+    exceed it take the tiles; None for the int32 maximum)."""
     from ee_cuda import _backend
-    _backend._C._set_cpu_routes(tiles, backward, avx2, key_limit)
+    _backend._C._set_cpu_routes(tiles, scatter, avx2, key_limit)
     try:
         yield
     finally:
-        _backend._C._set_cpu_routes(False, "cost")
+        _backend._C._set_cpu_routes(False, False)
 
 
 def tiles_search(X, pairs, labels, n, normalize, points):
@@ -89,7 +88,7 @@ def scatter_backward(grad, X, pairs, dist, index, n, normalize, points):
     """A search's backward through the CUDA kernels' per-output scatter, run serially on the CPU."""
     ops = torch.ops.ee_cuda
     op = ops.hard_negative_points_backward if points else ops.hard_negative_pairs_backward
-    with cpu_routes(backward="scatter"):
+    with cpu_routes(scatter=True):
         return op(grad, X, pairs, dist, index, n, normalize)
 
 

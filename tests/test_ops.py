@@ -125,17 +125,17 @@ def test_search_matches_reference(device, dtype, op):
 
 
 @pytest.mark.parametrize("tiles", [False, True], ids=["rows", "tiles"])
-@pytest.mark.parametrize("op, backward", [("pairs", "cost"), ("pairs", "points"), ("pairs", "gram"),
-                                          ("pairs", "scatter"), ("points", "cost"), ("points", "scatter")])
-def test_cpu_route_matrix(tiles, op, backward):
+@pytest.mark.parametrize("scatter", [False, True], ids=["kernel", "scatter"])
+@pytest.mark.parametrize("op", ["pairs", "points"])
+def test_cpu_route_matrix(tiles, scatter, op):
     """Every CPU route, forced (the tests' switch, docs/design.md §4-§5): each forward route (rows, tiles) and
-    each backward route (hard_negative_pairs: through the points or through dG; both: the CUDA backward's scatter
-    run serially) equals the reference on both pair layouts, and the two forward routes are bit-identical."""
+    each backward route (the CPU kernel; the CUDA backward's scatter run serially) equals the reference on both
+    pair layouts, and the two forward routes are bit-identical."""
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
     check = check_pairs_output if op == "pairs" else check_points_output
     seed = fresh_seed()
     for X, pairs, labels, n, normalize in sample_inputs("cpu", n_values=(0, 2)):
-        with cpu_routes(tiles, backward):
+        with cpu_routes(tiles, scatter):
             dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
             _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X)
         other = tiles_search(X, pairs, labels, n, normalize, op == "points")
@@ -283,9 +283,8 @@ def test_pairs_backward_with_unpaired_rows(normalize):
 
 
 def pairs_backward_cases(dtype):
-    """Inputs for hard_negative_pairs' backward: adjacent pairs over several chunks of gradient points (the route
-    through the points) with D off its 128-byte column blocks, and classes of 3 ("all" pairs share rows) among
-    unpaired rows."""
+    """Inputs for hard_negative_pairs' backward: adjacent pairs over several tiles of dG + dG^T with
+    D off the vector width, unnormalized rows, and classes of 3 ("all" pairs share rows) among unpaired rows."""
     X, labels = make_batch(100, 4, 37, dtype=dtype)
     yield X, ee_cuda.positive_pairs(labels, "adjacent"), labels, 2, True
     X, labels = make_batch(24, 2, 70, dtype=dtype, normalize_rows=False)
@@ -309,11 +308,9 @@ def mismatch_transposes(dist, index, T, fraction=0.3):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mirrored", [True, False])
-@pytest.mark.parametrize("route", ["points", "gram"])
-def test_pairs_backward_routes_equal_the_scatter(dtype, mirrored, route):
-    """hard_negative_pairs' CPU backward routes (through the selected points, one term per q where (q, p) mirrors
-    (p, q); through dG) equal the CUDA backward's per-output scatter, run serially, on the forward's outputs,
-    whose (q, p) mirrors (p, q), and on a caller's outputs that do not (each output taken on its own)."""
+def test_pairs_backward_equals_the_scatter(dtype, mirrored):
+    """hard_negative_pairs' CPU backward (through dG) equals the CUDA backward's per-output scatter, run serially,
+    on the forward's outputs, whose (q, p) mirrors (p, q), and on a caller's outputs that do not."""
     tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype]
     for X, pairs, labels, n, normalize in pairs_backward_cases(dtype):
         dist, index = ee_cuda.hard_negative_pairs(X, pairs, labels, n, normalize, **FUSED)
@@ -321,8 +318,7 @@ def test_pairs_backward_routes_equal_the_scatter(dtype, mirrored, route):
             dist, index = mismatch_transposes(dist, index, n + 2)
         w = torch.where(torch.isfinite(dist), torch.randn_like(dist), torch.zeros_like(dist))
         w[torch.rand_like(w) < 0.1] = 0
-        with cpu_routes(backward=route):
-            g = torch.ops.ee_cuda.hard_negative_pairs_backward(w, X, pairs, dist, index, n, normalize)
+        g = torch.ops.ee_cuda.hard_negative_pairs_backward(w, X, pairs, dist, index, n, normalize)
         g_dG = scatter_backward(w, X, pairs, dist, index, n, normalize, False)
         scale = g_dG.abs().max()
         torch.testing.assert_close(g, g_dG, atol=tol * scale, rtol=tol)
@@ -348,9 +344,9 @@ def test_aten_override_selects_the_baseline_copies():
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2: only the baseline copies can run")
-@pytest.mark.parametrize("tiles, backward", [(False, "points"), (False, "gram"), (True, "cost")])
+@pytest.mark.parametrize("tiles", [False, True], ids=["rows", "tiles"])
 @pytest.mark.parametrize("op", ["pairs", "points"])
-def test_isa_copies_bit_identical(op, tiles, backward):
+def test_isa_copies_bit_identical(op, tiles):
     """The AVX2 and the baseline copies of the vectorized loops (forced by the tests' switch) give bit-identical
     outputs and gradients on every route, float32 and float64: the same operations in the same order, no FMA."""
     fused = ee_cuda.hard_negative_pairs if op == "pairs" else ee_cuda.hard_negative_points
@@ -359,7 +355,7 @@ def test_isa_copies_bit_identical(op, tiles, backward):
         for X, pairs, labels, n, normalize in sample_inputs("cpu", dtype, n_values=(0, 2, 8), D=37):
             runs, w = [], None
             for avx2 in (True, False):
-                with cpu_routes(tiles, backward, avx2=avx2):
+                with cpu_routes(tiles, avx2=avx2):
                     dist, index = fused(X, pairs, labels, n, normalize, **FUSED)
                     _, g, w = grads(lambda x: fused(x, pairs, labels, n, normalize, **FUSED), X, weight=w)
                 runs.append((dist, index, g))
@@ -708,8 +704,7 @@ def test_backend_selection_and_fallback_warning(monkeypatch):
 @pytest.mark.parametrize("mode", ["adjacent", "all"])
 def test_cpu_backward_under_deterministic_mode(mode):
     """The CPU kernels are deterministic: under torch.use_deterministic_algorithms(True) every op's forward
-    and backward run (no alert) and repeat bit for bit (adjacent pairs take the pairs backward through the
-    selected points, "all" pairs the one through dG)."""
+    and backward run (no alert) and repeat bit for bit, on both pair layouts."""
     seed = fresh_seed()
     X, labels = make_batch(8, 4, 16, dtype=torch.float32)
     pairs = ee_cuda.positive_pairs(labels, mode)
@@ -733,8 +728,7 @@ def test_cpu_backward_under_deterministic_mode(mode):
 def test_cpu_kernels_on_several_threads(mode, torch_threads):
     """The CPU kernels' parallel regions (OpenMP through at::parallel_for): forward and backward of every op
     on 1, 2 and 3 threads agree to rounding (a race would not), and repeat bit for bit on a given count. The
-    batch is large enough for every region to split (B = 512: the blocked Gram, both pairs-backward
-    routes: adjacent through the selected points, "all" through dG)."""
+    batch is large enough for every region to split (B = 512: the blocked Gram and its mirror)."""
     seed = fresh_seed()
     X, labels = make_batch(128, 4, 24, dtype=torch.float64)
     pairs = ee_cuda.positive_pairs(labels, mode)

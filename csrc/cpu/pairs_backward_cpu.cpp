@@ -1,14 +1,10 @@
-// CPU backward of hard_negative_pairs (docs/design.md §5), by cost: through the selected points in D-space
-// (pairs_backward_points_cpu.h: about 2 P^2 D multiply-adds, the adjacent layout's route) where 2 P^2 <= B^2,
-// else every output's cross entries gathered into a dense dG (search_backward_cpu.h), dG + dG^T formed in
-// place, one product dX = (dG + dG^T) X, then the own entries in D-space. Also here: the CUDA backward's
-// per-output scatter, run serially (routes_cpu.h).
+// CPU backward of hard_negative_pairs (docs/design.md §5): the outputs' cross entries gathered into a dense dG
+// (search_backward_cpu.h), then dX = (dG + dG^T) X and the own entries in D-space; and the CUDA scatter.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "../common/search_tiles.h"
 #include "gram_cpu.h"
-#include "pairs_backward_points_cpu.h"
 #include "routes_cpu.h"
 #include "search_backward_cpu.h"
 #include "search_tiles_cpu.h"
@@ -45,24 +41,17 @@ using at::Tensor;
 Tensor hard_negative_pairs_backward_cpu(const Tensor& grad, const Tensor& X_, const Tensor& pairs, const Tensor& dist,
                                         const Tensor& index, int64_t n, bool normalize) {
   const ReferenceBackward in = reference_backward_inputs(grad, X_, pairs, X_, pairs, dist, index, n, false);
-  const int64_t P = in.pairs.size(0), B = X_.size(0);
   if (in.empty) return at::zeros_like(X_);
-  const BackwardRoute route = cpu_routes().backward_route(2 * P * P <= B * B);
-  if (route == BackwardRoute::kScatter) return scatter_backward_cpu(in, n, normalize, false).to(X_.scalar_type());
+  if (cpu_routes().scatter) return scatter_backward_cpu(in, n, normalize, false).to(X_.scalar_type());
   Tensor dX;
   AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_pairs_backward_cpu", [&] {
     using acc_t = scalar_t;
     const GradSide<acc_t> side(in.X, in.pairs, n, normalize);
-    if (route == BackwardRoute::kPoints) {
-      dX = pairs_backward_through_points(in, side, n);
-      return;
-    }
-    Tensor dG = at::zeros({B, B}, in.X.options());
+    Tensor dG = at::zeros({X_.size(0), X_.size(0)}, in.X.options());
     std::vector<acc_t> own, ref_own;
-    gather_gradient<false>(side, side, in.grad.data_ptr<acc_t>(), in.dist.data_ptr<acc_t>(),
-                           in.index.data_ptr<int64_t>(), B, n, dG.data_ptr<acc_t>(), B, own, ref_own);
+    gather_gradient<false>(side, side, in, n, dG, own, ref_own);
     for (size_t e = 0; e < own.size(); ++e) own[e] += ref_own[e];
-    mirror_in_place(dG.data_ptr<acc_t>(), B, true);
+    mirror_in_place(dG.data_ptr<acc_t>(), dG.size(0), true);
     dX = at::mm(dG, in.X);
     add_own_entries(dX.data_ptr<acc_t>(), in.X, in.pairs, own, n);
   });

@@ -80,7 +80,7 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, c
   const ReferenceBackward in = reference_backward_inputs(grad, X_, pairs, X_, pairs, dist, index, n, true);
   const int64_t P = in.pairs.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
   if (in.empty) return at::zeros_like(X_);
-  if (cpu_routes().backward_route(false) == BackwardRoute::kScatter)
+  if (cpu_routes().scatter)
     return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
   Tensor dX = at::zeros({B, D}, in.X.options());
   AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_points_backward_cpu", [&] {

@@ -11,8 +11,6 @@
 
 namespace ee {
 
-enum class BackwardRoute : int { kByCost = 0, kPoints = 1, kGram = 2, kScatter = 3 };  // _set_cpu_routes' order
-
 inline bool cpu_has_avx2() {
 #if defined(__GNUC__) && defined(__x86_64__)
   return __builtin_cpu_supports("avx2");
@@ -23,15 +21,9 @@ inline bool cpu_has_avx2() {
 
 struct CpuRoutes {
   std::atomic<bool> tiles{false};             // every search on the tiles that the CUDA kernels run
-  std::atomic<int> backward{0};  // a BackwardRoute: hard_negative_pairs' points or gram route, or the CUDA scatter
+  std::atomic<bool> scatter{false};           // the searches' backward: the CUDA kernels' per-output scatter
   std::atomic<bool> avx2{default_avx2()};
   std::atomic<int64_t> key_limit{std::numeric_limits<int32_t>::max()};  // the row path's largest key
-
-  // The route a backward takes: the forced one, else the points route where `points_cheaper`, else dG.
-  BackwardRoute backward_route(bool points_cheaper) const {
-    if (backward != 0) return BackwardRoute(backward.load());
-    return points_cheaper ? BackwardRoute::kPoints : BackwardRoute::kGram;
-  }
 
   static bool default_avx2() {
     const char* cap = std::getenv("ATEN_CPU_CAPABILITY");

@@ -55,8 +55,7 @@ inline PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B
   return pc;
 }
 
-// The CUDA backward's per-output scatter (search_tiles.h), run serially into a dense dG, then
-// dX = (dG + dG^T) X: a route the tests force (routes_cpu.h), defined in pairs_backward_cpu.cpp.
+// The CUDA backward's per-output scatter run serially, then (dG + dG^T) X: the tests' route (routes_cpu.h).
 at::Tensor scatter_backward_cpu(const ReferenceBackward& in, int64_t n, bool normalize, bool points);
 
 // One side of a backward: its pairs and the gradient coefficients of their points (point_grad_coef()),
@@ -75,18 +74,21 @@ struct GradSide {
   }
 };
 
-// Every output's gradient terms (output o: g[o], d[o], idx[o]): cross entries into dG (query rows x reference
-// rows, `cols` columns), own factors summed per point into own (P x T) and ref_own (Q x T; within a batch the
+// Every output's gradient terms (output o: in.grad[o], in.dist[o], in.index[o]): cross entries into dG (query
+// rows x reference rows), own factors summed per point into own (P x T) and ref_own (Q x T; within a batch the
 // same points, kept apart). A query pair's outputs are taken by the task of its component, which owns the
 // pair's rows of dG and its own sums; ref_own is summed per task, in task order: deterministic.
 template <bool kPoints, typename acc_t>
-void gather_gradient(const GradSide<acc_t>& query, const GradSide<acc_t>& ref, const acc_t* g, const acc_t* d,
-                     const int64_t* idx, int64_t rows, int64_t n, acc_t* dG, int64_t cols, std::vector<acc_t>& own,
-                     std::vector<acc_t>& ref_own) {
+void gather_gradient(const GradSide<acc_t>& query, const GradSide<acc_t>& ref, const ReferenceBackward& in, int64_t n,
+                     at::Tensor& dG_t, std::vector<acc_t>& own, std::vector<acc_t>& ref_own) {
+  const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>();
+  const int64_t* idx = in.index.data_ptr<int64_t>();
+  acc_t* dG = dG_t.data_ptr<acc_t>();
+  const int64_t cols = dG_t.size(1);
   const int64_t T = n + 2, P = query.count, Q = ref.count, outputs = kPoints ? T : Q;
   own.assign(P * T, acc_t(0));
   ref_own.assign(Q * T, acc_t(0));
-  const PairComponents pc = pair_components(query.pairs, P, rows);
+  const PairComponents pc = pair_components(query.pairs, P, dG_t.size(0));
   std::map<int64_t, std::vector<acc_t>> ref_own_of_task;
   std::mutex ref_own_mutex;
   at::parallel_for(0, int64_t(pc.offsets.size()) - 1, 1, [&](int64_t begin, int64_t end) {

@@ -21,14 +21,12 @@ std::tuple<Tensor, Tensor> search_reference_backward_cpu(const Tensor& grad, con
   Tensor dX, dY;
   if (in.empty) return reference_gradients(X_, ref_X_, dX, dY, ref_grad);
   const Tensor &X = in.X, &Y = in.Y;
-  const int64_t B = X.size(0), R = Y.size(0);
-  Tensor dG = at::zeros({B, R}, X.options());
+  Tensor dG = at::zeros({X.size(0), Y.size(0)}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "hard_negative_search_reference_backward_cpu", [&] {
     using acc_t = scalar_t;
     const GradSide<acc_t> query(X, in.pairs, n, normalize), ref(Y, in.ref_pairs, n, normalize);
     std::vector<acc_t> own, ref_own;
-    gather_gradient<kPoints>(query, ref, in.grad.data_ptr<acc_t>(), in.dist.data_ptr<acc_t>(),
-                             in.index.data_ptr<int64_t>(), B, n, dG.data_ptr<acc_t>(), R, own, ref_own);
+    gather_gradient<kPoints>(query, ref, in, n, dG, own, ref_own);
     dX = at::mm(dG, Y);
     add_own_entries(dX.data_ptr<acc_t>(), X, in.pairs, own, n);
     if (!ref_grad) return;
