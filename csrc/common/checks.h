@@ -7,8 +7,9 @@
 
 #define EE_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
 #define EE_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
-#define EE_CHECK_SHAPE(x, ...) \
-  EE_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", (x).sizes())
+#define EE_CHECK_SHAPE(x, ...)                                                                         \
+  EE_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ "), got ", \
+                 (x).sizes())
 #define EE_CHECK_DEVICE(x, ref) \
   EE_CHECK_VALUE((x).device() == (ref).device(), #x " is on ", (x).device(), " but X is on ", (ref).device())
 
@@ -109,8 +110,8 @@ inline void check_search_backward_inputs(const at::Tensor& grad, const at::Tenso
   EE_CHECK_VALUE(grad.sizes() == out_shape, "grad must have shape ", out_shape, ", got ", grad.sizes());
   EE_CHECK_VALUE(dist.sizes() == out_shape, "dist must have shape ", out_shape, ", got ", dist.sizes());
   EE_CHECK_TYPE(index.scalar_type() == at::kLong, "index must be an int64 tensor, got ", index.scalar_type());
-  EE_CHECK_VALUE(index.dim() == int64_t(out_shape.size()) + 1 && index.sizes().slice(0, out_shape.size()) == out_shape &&
-                     index.size(-1) == 2,
+  EE_CHECK_VALUE(index.dim() == int64_t(out_shape.size()) + 1 &&
+                     index.sizes().slice(0, out_shape.size()) == out_shape && index.size(-1) == 2,
                  "index must have shape ", out_shape, " + (2,), got ", index.sizes());
   EE_CHECK_DEVICE(grad, X);
   EE_CHECK_DEVICE(dist, X);

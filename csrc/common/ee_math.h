@@ -23,6 +23,13 @@ namespace ee {
 // torch.nn.functional.normalize's default: a synthetic point is u / max(||u||, kNormEps).
 constexpr double kNormEps = 1e-12;
 
+// What a synthetic point u is divided by: max(||u||, kNormEps), or 1 without normalization.
+template <typename acc_t>
+EE_HD acc_t normalize_denominator(acc_t unorm, bool normalize) {
+  if (!normalize) return acc_t(1);
+  return unorm >= acc_t(kNormEps) ? unorm : acc_t(kNormEps);
+}
+
 // One augmented point as a combination of its pair's endpoints, plus what its backward needs.
 // 16-byte aligned so that a GPU thread reads a float point in one 128-bit load (no bank conflicts).
 template <typename acc_t>

@@ -17,12 +17,6 @@ namespace {
 
 using at::Tensor;
 
-template <typename acc_t>
-acc_t denominator(acc_t unorm, bool normalize) {
-  if (!normalize) return acc_t(1);
-  return unorm >= acc_t(kNormEps) ? unorm : acc_t(kNormEps);
-}
-
 Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normalize) {
   check_embeddings(X_);
   check_pairs(pairs_, X_);
@@ -43,7 +37,7 @@ Tensor expand_cpu(const Tensor& X_, const Tensor& pairs_, int64_t n, bool normal
       for (int64_t p = begin; p < end; ++p) {
         const acc_t *xi = x + pr[2 * p] * D, *xj = x + pr[2 * p + 1] * D;
         synthetic_sqnorms(xi, xj, D, n, [&](int64_t t, acc_t sq) {
-          const acc_t den = denominator(std::sqrt(sq), normalize);
+          const acc_t den = normalize_denominator(std::sqrt(sq), normalize);
           scalar_t* yt = y + (p * n + t - 1) * D;
           for (int64_t d = 0; d < D; ++d) yt[d] = scalar_t(interpolate(xi[d], xj[d], t, n) / den);
         });
@@ -95,7 +89,7 @@ Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& 
           const int64_t pt = p * n + t - 1;
           const acc_t un = unorm[pt];
           const bool projected = normalize && un >= acc_t(kNormEps);
-          const acc_t den = denominator(un, normalize), proj = projected ? s[pt] / un : acc_t(0);
+          const acc_t den = normalize_denominator(un, normalize), proj = projected ? s[pt] / un : acc_t(0);
           const acc_t wi = weight_i<acc_t>(t, n), wj = weight_j<acc_t>(t, n);
           const acc_t* gt = g + pt * D;
           for (int64_t d = d0; d < d1; ++d) {

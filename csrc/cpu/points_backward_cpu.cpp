@@ -2,6 +2,7 @@
 // dX = (dG + dG^T) X is summed in D-space from dG's few entries instead of a B x B x D product: each output's
 // cross entries are listed and flushed every kFlushEntries (bounded scratch) into the rows of S = dG + dG^T,
 // merged per column; each row of dX adds the rows of X its entries name. The own entries are added per pair.
+// Few outputs read each point: its gradient coefficients are formed where read from its pair_norms() entry.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -80,20 +81,25 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, c
   const ReferenceBackward in = reference_backward_inputs(grad, X_, pairs, X_, pairs, dist, index, n, true);
   const int64_t P = in.pairs.size(0), B = X_.size(0), D = X_.size(1), T = n + 2;
   if (in.empty) return at::zeros_like(X_);
-  if (cpu_routes().scatter)
-    return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
+  if (cpu_routes().scatter) return scatter_backward_cpu(in, n, normalize, true).to(X_.scalar_type());
   Tensor dX = at::zeros({B, D}, in.X.options());
   AT_DISPATCH_FLOATING_TYPES(in.X.scalar_type(), "hard_negative_points_backward_cpu", [&] {
     using acc_t = scalar_t;
-    const GradSide<acc_t> side(in.X, in.pairs, n, normalize);
-    const int64_t *pr = side.pairs, *idx = in.index.data_ptr<int64_t>();
-    const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>();
-    SparseRows<acc_t> rows(in.X.data_ptr<acc_t>(), B, D, dX.data_ptr<acc_t>());
+    const int64_t *pr = in.pairs.data_ptr<int64_t>(), *idx = in.index.data_ptr<int64_t>();
+    const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>(), *x = in.X.data_ptr<acc_t>();
+    std::vector<acc_t> norm(P * T);
+    at::parallel_for(0, P, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) pair_norms(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, &norm[p * T]);
+    });
+    auto grad_coef = [&](int64_t o) {
+      return point_grad_coef(point_coef_of_norm(norm[o], o % T, n, normalize), o % T, n, normalize);
+    };
+    SparseRows<acc_t> rows(x, B, D, dX.data_ptr<acc_t>());
     std::vector<acc_t> own(P * T, acc_t(0));
     for (int64_t o = 0; o < P * T; ++o) {
       const int64_t q = idx[2 * o], r = idx[2 * o + 1], p = o / T;
       if (q < 0 || r < 0 || q >= P || r >= T) continue;
-      const DistanceGrad<acc_t> gr = distance_grad(side.grad[o], side.grad[q * T + r], d[o], g[o]);
+      const DistanceGrad<acc_t> gr = distance_grad(grad_coef(o), grad_coef(q * T + r), d[o], g[o]);
       if (!gr.any) continue;
       cross_entries(pr[2 * p], pr[2 * p + 1], pr[2 * q], pr[2 * q + 1], gr,
                     [&](int64_t row, int64_t col, acc_t v) { rows.add(row, col, v); });

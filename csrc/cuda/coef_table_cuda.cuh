@@ -60,7 +60,8 @@ at::Tensor coef_table_cuda(const at::Tensor& X, const at::Tensor& pairs, const a
   ee_cuda_coef_table_kernel<acc_t><<<blocks, kTableThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       X.data_ptr<acc_t>(), X.size(0), X.size(1), pairs.data_ptr<int64_t>(),
       labels ? labels->data_ptr<int64_t>() : nullptr, P, n, normalize,
-      reinterpret_cast<PointCoef<acc_t>*>(table.data_ptr<acc_t>()), pair_label ? pair_label->data_ptr<int64_t>() : nullptr);
+      reinterpret_cast<PointCoef<acc_t>*>(table.data_ptr<acc_t>()),
+      pair_label ? pair_label->data_ptr<int64_t>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return table;
 }

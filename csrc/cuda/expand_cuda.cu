@@ -21,12 +21,6 @@ constexpr int kThreads = 256;
 
 int grid_for(int64_t work) { return int(std::min<int64_t>((work + kThreads - 1) / kThreads, 1 << 20)); }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t denominator(acc_t unorm, bool normalize) {
-  if (!normalize) return acc_t(1);
-  return unorm >= acc_t(kNormEps) ? unorm : acc_t(kNormEps);
-}
-
 template <typename acc_t, typename scalar_t>
 __global__ void ee_cuda_expand_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
                                       const int64_t* __restrict__ pairs, const PointCoef<acc_t>* __restrict__ coef,
@@ -40,7 +34,7 @@ __global__ void ee_cuda_expand_kernel(const acc_t* __restrict__ X, int64_t B, in
       continue;
     }
     const acc_t u = interpolate(X[i * D + d], X[j * D + d], t, n);
-    out[e] = scalar_t(u / denominator(coef[p * T + t].unorm, normalize));
+    out[e] = scalar_t(u / normalize_denominator(coef[p * T + t].unorm, normalize));
   }
 }
 
@@ -68,8 +62,8 @@ __global__ void ee_cuda_projection_kernel(const acc_t* __restrict__ X, int64_t B
 template <typename acc_t>
 __global__ void ee_cuda_expand_backward_kernel(const acc_t* __restrict__ X, int64_t B, int64_t D,
                                        const int64_t* __restrict__ pairs, const PointCoef<acc_t>* __restrict__ coef,
-                                       const acc_t* __restrict__ grad, const acc_t* __restrict__ s, int64_t P, int64_t n,
-                                       bool normalize, acc_t* __restrict__ dX) {
+                                       const acc_t* __restrict__ grad, const acc_t* __restrict__ s, int64_t P,
+                                       int64_t n, bool normalize, acc_t* __restrict__ dX) {
   const int64_t T = n + 2;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < P * D; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = e / D, d = e % D, i = pairs[2 * p], j = pairs[2 * p + 1];
@@ -80,7 +74,8 @@ __global__ void ee_cuda_expand_backward_kernel(const acc_t* __restrict__ X, int6
       const acc_t un = coef[p * T + t].unorm;
       const bool projected = normalize && un >= acc_t(kNormEps);
       const acc_t u = interpolate(X[i * D + d], X[j * D + d], t, n);
-      const acc_t gu = (grad[pt * D + d] - u * (projected ? s[pt] / un : acc_t(0))) / denominator(un, normalize);
+      const acc_t proj = projected ? s[pt] / un : acc_t(0);
+      const acc_t gu = (grad[pt * D + d] - u * proj) / normalize_denominator(un, normalize);
       gi += weight_i<acc_t>(t, n) * gu;
       gj += weight_j<acc_t>(t, n) * gu;
     }
