@@ -30,6 +30,13 @@ EE_HD acc_t normalize_denominator(acc_t unorm, bool normalize) {
   return unorm >= acc_t(kNormEps) ? unorm : acc_t(kNormEps);
 }
 
+// The backward of u / normalize_denominator() removes s / ||u|| times u from the gradient, s = <u / ||u||, grad>,
+// where u was divided by its own norm; nothing where it was divided by eps or not normalized.
+template <typename acc_t>
+EE_HD acc_t normalize_projection(acc_t s, acc_t unorm, bool normalize) {
+  return normalize && unorm >= acc_t(kNormEps) ? s / unorm : acc_t(0);
+}
+
 // One augmented point as a combination of its pair's endpoints, plus what its backward needs.
 // 16-byte aligned so that a GPU thread reads a float point in one 128-bit load (no bank conflicts).
 template <typename acc_t>

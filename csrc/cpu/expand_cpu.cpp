@@ -88,8 +88,7 @@ Tensor expand_backward_cpu(const Tensor& grad_, const Tensor& X_, const Tensor& 
         for (int64_t t = 1; t <= n; ++t) {
           const int64_t pt = p * n + t - 1;
           const acc_t un = unorm[pt];
-          const bool projected = normalize && un >= acc_t(kNormEps);
-          const acc_t den = normalize_denominator(un, normalize), proj = projected ? s[pt] / un : acc_t(0);
+          const acc_t den = normalize_denominator(un, normalize), proj = normalize_projection(s[pt], un, normalize);
           const acc_t wi = weight_i<acc_t>(t, n), wj = weight_j<acc_t>(t, n);
           const acc_t* gt = g + pt * D;
           for (int64_t d = d0; d < d1; ++d) {

@@ -1,6 +1,6 @@
 // The point coefficients on the CPU (docs/design.md §2): ||u|| of every synthetic point and the endpoints'
 // squared norms are computed in D-space (an exact zero midpoint stays exactly zero, as in the reference), then
-// formed into PointCoef, which each route lays out as it reads it (for_each_pair_coefs()).
+// formed into PointCoef, which each route lays out as it reads it (for_each_pair_norms(), point_coef_of_norm()).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -88,28 +88,31 @@ EE_LANES_INLINE void pair_norms_impl(const acc_t* xi, const acc_t* xj, int64_t D
 
 EE_VECTORIZED(pair_norms)
 
-// Point t's coefficients from its pair_norms() entry.
+// Point t's coefficients, and its gradient coefficients, from its pair_norms() entry.
 template <typename acc_t>
 inline PointCoef<acc_t> point_coef_of_norm(acc_t norm, int64_t t, int64_t n, bool normalize) {
   const bool original = t == 0 || t == n + 1;
   return point_coef<acc_t>(t, n, normalize, original ? acc_t(-1) : norm, original ? norm : acc_t(0));
 }
+template <typename acc_t>
+inline PointGradCoef<acc_t> point_grad_coef_of_norm(acc_t norm, int64_t t, int64_t n, bool normalize) {
+  return point_grad_coef(point_coef_of_norm(norm, t, n, normalize), t, n, normalize);
+}
 
-// emit(p, coef) with coef[t] the PointCoef of point t of pair p, for every pair, in parallel: what each route
-// lays out as it reads it (a table, the row path's lanes, gradient coefficients), none holding another's copy.
-// X: (B, D) contiguous in acc_t; pairs: (P, 2) contiguous with valid rows.
+// emit(p, norm) with norm[t] the pair_norms() entry of point t of pair p, for every pair, in parallel: what each
+// route forms its points' coefficients from and lays out as it reads them (a table, the row path's lanes,
+// gradient coefficients), none holding another's copy. X: (B, D) contiguous in acc_t; pairs: (P, 2)
+// contiguous with valid rows.
 template <typename acc_t, typename Emit>
-void for_each_pair_coefs(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize, Emit&& emit) {
+void for_each_pair_norms(const at::Tensor& X, const at::Tensor& pairs, int64_t n, Emit&& emit) {
   const int64_t D = X.size(1);
   const acc_t* x = X.data_ptr<acc_t>();
   const int64_t* pr = pairs.data_ptr<int64_t>();
   at::parallel_for(0, pairs.size(0), 8, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> norm(n + 2);
-    std::vector<PointCoef<acc_t>> coef(n + 2);
     for (int64_t p = begin; p < end; ++p) {
       pair_norms(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, norm.data());
-      for (int64_t t = 0; t < n + 2; ++t) coef[t] = point_coef_of_norm(norm[t], t, n, normalize);
-      emit(p, coef.data());
+      emit(p, norm.data());
     }
   });
 }
@@ -118,8 +121,9 @@ void for_each_pair_coefs(const at::Tensor& X, const at::Tensor& pairs, int64_t n
 template <typename acc_t>
 at::Tensor coef_table_cpu(const at::Tensor& X, const at::Tensor& pairs, int64_t n, bool normalize) {
   at::Tensor table = at::empty({pairs.size(0), n + 2, 4}, X.options());
-  for_each_pair_coefs<acc_t>(X, pairs, n, normalize, [&](int64_t p, const PointCoef<acc_t>* coef) {
-    std::copy(coef, coef + n + 2, coef_ptr<acc_t>(table) + p * (n + 2));
+  PointCoef<acc_t>* coef = coef_ptr<acc_t>(table);
+  for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t p, const acc_t* norm) {
+    for (int64_t t = 0; t < n + 2; ++t) coef[p * (n + 2) + t] = point_coef_of_norm(norm[t], t, n, normalize);
   });
   return table;
 }

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -88,12 +89,8 @@ Tensor hard_negative_points_backward_cpu(const Tensor& grad, const Tensor& X_, c
     const int64_t *pr = in.pairs.data_ptr<int64_t>(), *idx = in.index.data_ptr<int64_t>();
     const acc_t *g = in.grad.data_ptr<acc_t>(), *d = in.dist.data_ptr<acc_t>(), *x = in.X.data_ptr<acc_t>();
     std::vector<acc_t> norm(P * T);
-    at::parallel_for(0, P, 8, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) pair_norms(x + pr[2 * p] * D, x + pr[2 * p + 1] * D, D, n, &norm[p * T]);
-    });
-    auto grad_coef = [&](int64_t o) {
-      return point_grad_coef(point_coef_of_norm(norm[o], o % T, n, normalize), o % T, n, normalize);
-    };
+    for_each_pair_norms<acc_t>(in.X, in.pairs, n, [&](int64_t p, const acc_t* v) { std::copy_n(v, T, &norm[p * T]); });
+    auto grad_coef = [&](int64_t o) { return point_grad_coef_of_norm(norm[o], o % T, n, normalize); };
     SparseRows<acc_t> rows(x, B, D, dX.data_ptr<acc_t>());
     std::vector<acc_t> own(P * T, acc_t(0));
     for (int64_t o = 0; o < P * T; ++o) {

@@ -58,8 +58,7 @@ inline PairComponents pair_components(const int64_t* pairs, int64_t P, int64_t B
 // The CUDA backward's per-output scatter run serially, then (dG + dG^T) X: the tests' route (routes_cpu.h).
 at::Tensor scatter_backward_cpu(const ReferenceBackward& in, int64_t n, bool normalize, bool points);
 
-// One side of a backward: its pairs and the gradient coefficients of their points (point_grad_coef()),
-// grad[q * T + r].
+// One side of a backward: its pairs and their points' gradient coefficients, grad[q * T + r].
 template <typename acc_t>
 struct GradSide {
   const int64_t* pairs;
@@ -68,8 +67,8 @@ struct GradSide {
 
   GradSide(const at::Tensor& X, const at::Tensor& pairs_, int64_t n, bool normalize)
       : pairs(pairs_.data_ptr<int64_t>()), count(pairs_.size(0)), grad(count * (n + 2)) {
-    for_each_pair_coefs<acc_t>(X, pairs_, n, normalize, [&](int64_t p, const PointCoef<acc_t>* coef) {
-      for (int64_t t = 0; t < n + 2; ++t) grad[p * (n + 2) + t] = point_grad_coef(coef[t], t, n, normalize);
+    for_each_pair_norms<acc_t>(X, pairs_, n, [&](int64_t p, const acc_t* norm) {
+      for (int64_t t = 0; t < n + 2; ++t) grad[p * (n + 2) + t] = point_grad_coef_of_norm(norm[t], t, n, normalize);
     });
   }
 };

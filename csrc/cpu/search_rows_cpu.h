@@ -34,11 +34,12 @@ struct PairBlocks {
   PairBlocks(const at::Tensor& X, const at::Tensor& pairs, const at::Tensor& labels, int64_t n, bool normalize)
       : P(pairs.size(0)), T(n + 2), blocks((P + V - 1) / V), alpha(blocks * T * V), beta(blocks * T * V),
         sqnorm(blocks * T * V, acc_t(INFINITY)), k(blocks * V), l(blocks * V), label(blocks * V) {
-    for_each_pair_coefs<acc_t>(X, pairs, n, normalize, [&](int64_t q, const PointCoef<acc_t>* coef) {
+    for_each_pair_norms<acc_t>(X, pairs, n, [&](int64_t q, const acc_t* norm) {
       for (int64_t r = 0; r < T; ++r) {
-        alpha[cell(q, r)] = coef[r].alpha;
-        beta[cell(q, r)] = coef[r].beta;
-        sqnorm[cell(q, r)] = coef[r].sqnorm;
+        const PointCoef<acc_t> c = point_coef_of_norm(norm[r], r, n, normalize);
+        alpha[cell(q, r)] = c.alpha;
+        beta[cell(q, r)] = c.beta;
+        sqnorm[cell(q, r)] = c.sqnorm;
       }
     });
     const int64_t *pr = pairs.data_ptr<int64_t>(), *lab = labels.data_ptr<int64_t>();

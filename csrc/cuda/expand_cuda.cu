@@ -72,9 +72,8 @@ __global__ void ee_cuda_expand_backward_kernel(const acc_t* __restrict__ X, int6
     for (int64_t t = 1; t <= n; ++t) {
       const int64_t pt = p * n + t - 1;
       const acc_t un = coef[p * T + t].unorm;
-      const bool projected = normalize && un >= acc_t(kNormEps);
       const acc_t u = interpolate(X[i * D + d], X[j * D + d], t, n);
-      const acc_t proj = projected ? s[pt] / un : acc_t(0);
+      const acc_t proj = normalize_projection(s[pt], un, normalize);
       const acc_t gu = (grad[pt * D + d] - u * proj) / normalize_denominator(un, normalize);
       gi += weight_i<acc_t>(t, n) * gu;
       gj += weight_j<acc_t>(t, n) * gu;
