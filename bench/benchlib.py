@@ -523,6 +523,12 @@ def output_bytes(cfg, target, dtype_bytes=4) -> int:
 # Memory meters
 # ------------------------------------------------------------------------------------------------
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
 class RSSMeter:
     """Peak resident-set growth of this process during a block (CPU; catches native allocations).
 
@@ -532,14 +538,16 @@ class RSSMeter:
     threshold at 64 MiB (the values glibc's dynamic thresholds settle at in a process that frees blocks of
     up to 32 MiB, as a training loop does; pinning one turns off the dynamics of both, so the trim threshold
     is pinned with it, else it stays at its 128 KiB start and every call re-faults the pages at the heap's
-    top); at 64 KiB and 128 KiB between ``start`` and ``stop``. glibc serves a request from its free chunks
-    when one fits and maps a fresh block only for a request of 64 KiB or more that none fits; the free
-    chunks' pages were released by ``malloc_trim``, so either way the pages a call writes are counted.
-    What this measures: every page the call touched, not the peak of its live bytes. A block freed during
-    the call stays resident (it is in the middle of the heap), so a forward's temporaries and the
-    backward's ``dX``, never alive together, are both counted: an upper bound of the live peak, and not
-    an exact one (which free chunk serves a request depends on the heap's history).
-    Resolution: a page.
+    top); at 64 KiB and 128 KiB between ``start`` and ``stop``. Between them every free heap chunk of a page
+    or more is held (allocated, never written; ``_hold_free_chunks``), so that each request of a page or more
+    lands on fresh memory: a block of 64 KiB or more is mapped and unmapped when freed, a smaller one comes from
+    the heap's top, whose pages ``malloc_trim`` released. Without the hold, a request might or might not land
+    on the resident pages of a block freed earlier in the call, depending on the heap's history, and one call
+    read anywhere from its live peak to the sum of its temporaries.
+    What this measures: the pages the call's allocations touch (pages never written are not counted), up to
+    small blocks: one under 64 KiB freed during the call stays resident, and a request under a page may land
+    on a resident fragment. Resolution: a page. Holds the calling thread's arena only (the suite runs one
+    thread); needs glibc's ``mallinfo2`` (2.33), without which nothing is held.
     """
 
     _libc = None
@@ -552,6 +560,11 @@ class RSSMeter:
         if self.ok and RSSMeter._libc is None:
             try:
                 RSSMeter._libc = ctypes.CDLL("libc.so.6")
+                RSSMeter._libc.malloc.restype = ctypes.c_void_p
+                RSSMeter._libc.malloc.argtypes = [ctypes.c_size_t]
+                RSSMeter._libc.free.argtypes = [ctypes.c_void_p]
+                if hasattr(RSSMeter._libc, "mallinfo2"):
+                    RSSMeter._libc.mallinfo2.restype = _MallInfo2
                 self._mallopt(self.TIMING_THRESHOLD, self.TIMING_TRIM)
             except OSError:
                 RSSMeter._libc = False
@@ -578,6 +591,7 @@ class RSSMeter:
         self._mallopt(self.MEASURE_THRESHOLD, self.MEASURE_TRIM)
         if self._libc:
             self._libc.malloc_trim(0)
+            self._held = self._hold_free_chunks()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -590,8 +604,34 @@ class RSSMeter:
         if not self.ok or self.base is None:
             return None
         peak = max(0, self._status()["VmHWM"] - self.base)
+        self._release_held()
         self._mallopt(self.TIMING_THRESHOLD, self.TIMING_TRIM)
         return peak
+
+    def _hold_free_chunks(self):
+        """Allocate (untouched) every free heap chunk of a page or more, largest first, so that the metered
+        call's requests of a page or more are served by fresh memory: a chunk freed during the call would stay
+        resident, and whether a later request lands on it depends on the heap's history."""
+        held = []
+        if not hasattr(self._libc, "mallinfo2"):
+            return held
+        size = 2**30
+        while size >= 4096:
+            before = self._libc.mallinfo2()
+            p = self._libc.malloc(size)
+            after = self._libc.mallinfo2()
+            if p and after.hblkhd == before.hblkhd and after.arena == before.arena:
+                held.append(p)          # a free chunk (or the heap's top) served it: keep it out of the call's reach
+                continue
+            if p:
+                self._libc.free(p)      # mapped or the heap grown: no free chunk this large is left
+            size //= 2
+        return held
+
+    def _release_held(self):
+        for p in getattr(self, "_held", ()):
+            self._libc.free(p)
+        self._held = []
 
 
 class CudaMeter:
