@@ -546,7 +546,8 @@ class RSSMeter:
     read anywhere from its live peak to the sum of its temporaries.
     What this measures: the pages the call's allocations touch (pages never written are not counted), up to
     small blocks: one under 64 KiB freed during the call stays resident, and a request under a page may land
-    on a resident fragment. Resolution: a page. Holds the calling thread's arena only (the suite runs one
+    on a resident fragment, so where most blocks are small the reading can fall either side of the live
+    bytes. Resolution: a page. Holds the calling thread's arena only (the suite runs one
     thread); needs glibc's ``mallinfo2`` (2.33), without which nothing is held.
     """
 
@@ -554,6 +555,7 @@ class RSSMeter:
     M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1
     TIMING_THRESHOLD, MEASURE_THRESHOLD = 32 * 2**20, 64 * 2**10
     TIMING_TRIM, MEASURE_TRIM = 64 * 2**20, 128 * 2**10
+    PAGE = 4096
 
     def __init__(self):
         self.ok = os.path.exists("/proc/self/clear_refs")
@@ -569,6 +571,7 @@ class RSSMeter:
             except OSError:
                 RSSMeter._libc = False
         self.base = None
+        self._held = []
 
     def _mallopt(self, threshold, trim):
         if self._libc:
@@ -597,6 +600,7 @@ class RSSMeter:
                 f.write("5")
         except OSError:
             self.ok = False
+            self._release_held()
             return
         self.base = self._status()["VmRSS"]
 
@@ -609,14 +613,12 @@ class RSSMeter:
         return peak
 
     def _hold_free_chunks(self):
-        """Allocate (untouched) every free heap chunk of a page or more, largest first, so that the metered
-        call's requests of a page or more are served by fresh memory: a chunk freed during the call would stay
-        resident, and whether a later request lands on it depends on the heap's history."""
+        """Allocate (untouched) every free heap chunk of a page or more, largest first (see the class)."""
         held = []
         if not hasattr(self._libc, "mallinfo2"):
             return held
         size = 2**30
-        while size >= 4096:
+        while size >= self.PAGE:
             before = self._libc.mallinfo2()
             p = self._libc.malloc(size)
             after = self._libc.mallinfo2()
@@ -629,7 +631,7 @@ class RSSMeter:
         return held
 
     def _release_held(self):
-        for p in getattr(self, "_held", ()):
+        for p in self._held:
             self._libc.free(p)
         self._held = []
 
