@@ -17,6 +17,44 @@ def fresh_seed() -> int:
     return seed
 
 
+def gradient_jump(fn, inputs, radius: float = 2e-6, probes: int = 8) -> float:
+    """The largest change of fn's gradient (of a fixed random weighting of its outputs) from ``inputs`` to random
+    points about ``radius`` away, relative to 1 + its largest entry. Where the gradient is continuous it reads
+    about 1e-5 or less; where a hard-negative selection (a minimum over candidates) or a relu switches that
+    close, 1e-2 and more, and gradcheck's finite differences there straddle two gradients (tests/test_gradcheck_inputs.py)."""
+    weights = None
+
+    def grad_at(xs):
+        nonlocal weights
+        xs = [x.detach().clone().requires_grad_(True) for x in xs]
+        out = fn(*xs)
+        outs = out if isinstance(out, tuple) else (out,)
+        if weights is None:
+            weights = [torch.randn_like(o) for o in outs]
+        total = sum((o * w).sum() for o, w in zip(outs, weights))
+        return torch.cat([g.flatten() for g in torch.autograd.grad(total, xs)])
+
+    g0 = grad_at(inputs)
+    jumps = [(grad_at([x + radius * torch.randn_like(x) for x in inputs]) - g0).abs().max() for _ in range(probes)]
+    return (max(jumps) / (1 + g0.abs().max())).item()
+
+
+def gradcheck_off_switches(fn, draw, msg: str, max_draws: int = 20, **kwargs):
+    """torch.autograd.gradcheck(fn, inputs, **kwargs) at the first inputs ``draw()`` gives (tensors requiring
+    grad) whose gradient_jump() is under 1e-3: finite differences are a test of the backward only where the
+    function is differentiable. A failure names ``msg`` (the seed)."""
+    for _ in range(max_draws):
+        inputs = tuple(draw())
+        if gradient_jump(fn, inputs) < 1e-3:
+            break
+    else:
+        pytest.fail(f"{msg}: none of {max_draws} draws is away from a switch of the gradient")
+    try:
+        torch.autograd.gradcheck(fn, inputs, **kwargs)
+    except torch.autograd.gradcheck.GradcheckError as e:
+        raise AssertionError(f"{msg}: {e}") from None
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed_per_test():
     """Every test starts from a fresh OS seed, printed: a failure's captured output names it for replay."""
