@@ -21,7 +21,8 @@ def gradient_jump(fn, inputs, radius: float = 2e-6, probes: int = 8) -> float:
     """The largest change of fn's gradient (of a fixed random weighting of its outputs) from ``inputs`` to random
     points about ``radius`` away, relative to 1 + its largest entry. Where the gradient is continuous it reads
     about 1e-5 or less; where a hard-negative selection (a minimum over candidates) or a relu switches that
-    close, 1e-2 and more, and gradcheck's finite differences there straddle two gradients (tests/test_gradcheck_inputs.py)."""
+    close, 1e-2 and more, and gradcheck's finite differences there straddle two gradients
+    (tests/test_gradcheck_inputs.py)."""
     weights = None
 
     def grad_at(xs):

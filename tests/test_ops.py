@@ -10,7 +10,8 @@ import torch
 
 import ee_cuda
 from ee_cuda import reference as R
-from conftest import cpu_routes, fresh_seed, gradcheck_off_switches, make_batch, sample_inputs, scatter_backward, tiles_search
+from conftest import (cpu_routes, fresh_seed, gradcheck_off_switches, make_batch, sample_inputs, scatter_backward,
+                      tiles_search)
 
 FUSED = {"backend": "fused"}
 HAS_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
