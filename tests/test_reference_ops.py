@@ -217,7 +217,6 @@ def test_reference_gradcheck(device, normalize):
     seed = fresh_seed()
     query = labelled_set(6, 2, 3, layout="all", dtype=torch.float64, device=device)
     ref = labelled_set(8, 3, 3, layout="all", dtype=torch.float64, device=device)
-    X, ref_X = query[0].clone().requires_grad_(), ref[0].clone().requires_grad_()
 
     def search(x, y):
         kw = dict(ref_X=y, ref_pairs=ref[1], ref_labels=ref[2], **FUSED)
@@ -226,7 +225,8 @@ def test_reference_gradcheck(device, normalize):
         return torch.where(torch.isfinite(d), d, 0), torch.where(torch.isfinite(p), p, 0)
 
     def draw():
-        return tuple(torch.nn.functional.normalize(torch.randn_like(x), dim=1).requires_grad_() for x in (X, ref_X))
+        rows = (torch.nn.functional.normalize(torch.randn_like(x), dim=1) for x in (query[0], ref[0]))
+        return tuple(x.requires_grad_() for x in rows)
 
     gradcheck_off_switches(search, draw, f"seed={seed}")
 

@@ -122,8 +122,6 @@ def test_reference_set_gradients(op, normalize):
     seed = fresh_seed()
     X, pairs, labels = random_set(6, 2, 3, torch.float64)
     ref_X, ref_pairs, ref_labels = random_set(5, 3, 3, torch.float64)
-    X.requires_grad_()
-    ref_X.requires_grad_()
 
     def f(X, ref_X):
         d = op(X, pairs, labels, 2, normalize, ref_X=ref_X, ref_pairs=ref_pairs, ref_labels=ref_labels)[0]
