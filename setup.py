@@ -50,7 +50,9 @@ def configuration():
                 "(needs include/cuda_runtime.h): install a CUDA build of torch and set CUDA_HOME to the toolkit")
         cuda, why = True, "FORCE_CUDA=1"
     elif not gpu:
-        cuda, why = False, "torch sees no GPU; FORCE_CUDA=1 builds them anyway"
+        # With a CUDA_HOME, importing cpp_extension has logged a warning that reads like an error: say what it is.
+        warned = ", hence torch's 'No CUDA runtime is found' warning above" if cuda_home else ""
+        cuda, why = False, f"torch sees no GPU{warned}; FORCE_CUDA=1 builds them anyway"
     else:
         cuda = toolkit
         why = "torch sees a GPU" if cuda else f"torch sees a GPU but CUDA_HOME={cuda_home} is no CUDA toolkit"
