@@ -43,3 +43,22 @@ def test_cuda_ops_registered_for_cuda():
     labels = torch.tensor([0, 0, 1, 1], device="cuda")
     d, _ = ee_cuda.hard_negative_pairs(X, ee_cuda.positive_pairs(labels), labels, 1, backend="fused")
     assert d.is_cuda
+
+
+@pytest.mark.parametrize("cuda_home", [None, "/opt/cuda"])
+def test_setup_explains_torch_warning_without_gpu(monkeypatch, cuda_home):
+    """Without a GPU, torch logs "No CUDA runtime is found" when it found a CUDA_HOME; the build's configuration
+    says that this only means no GPU, and says nothing of it when torch logged nothing."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        import setup
+    finally:
+        sys.path.pop(0)
+    for name in ("FORCE_CUDA", "FORCE_ONLY_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(setup.cpp_extension, "CUDA_HOME", cuda_home)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = setup.configuration()
+    assert config["cuda"] is False
+    assert ("'No CUDA runtime is found'" in config["why"]) == (cuda_home is not None)
+    assert "FORCE_CUDA=1 builds them anyway" in config["why"]
