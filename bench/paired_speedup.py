@@ -1,7 +1,7 @@
 """The fused op's speed-up over a reference, in paired rounds: one speed-up target of the CPU suite, repeated.
 
 The suite (``pytest bench/``) times a reference call of seconds once or a few times, with the fused op beside
-it; on a shared machine one call drifts by tens of percent, so a target whose margin is smaller than that is
+it; on a shared machine one call's time drifts by more than a target's margin may be, and such a target is then
 decided by chance. Here each round times the reference once and the fused op 3 times just before and 3 times
 just after it (their median); the result is the median over rounds of the per-round ratio, with a bootstrap
 95 % interval of that median.
